@@ -1,0 +1,1 @@
+"""Sub-commands of ``ingestd``; every public module here defines ``register(subparsers)``."""

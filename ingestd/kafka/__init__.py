@@ -1,0 +1,26 @@
+"""Kafka connection settings and client factory shared by the daemon, mirror and publisher."""
+
+from ._clients import KafkaErrorKind, classify_kafka_error, make_admin, make_consumer, make_producer
+from ._settings import (
+    KafkaConnection,
+    KafkaSecurity,
+    PlaintextSecurity,
+    SaslSslSecurity,
+    SslSecurity,
+)
+from ._topics import NewTopic, ensure_topics
+
+__all__ = [
+    "KafkaConnection",
+    "KafkaErrorKind",
+    "KafkaSecurity",
+    "NewTopic",
+    "PlaintextSecurity",
+    "SaslSslSecurity",
+    "SslSecurity",
+    "classify_kafka_error",
+    "ensure_topics",
+    "make_admin",
+    "make_consumer",
+    "make_producer",
+]

@@ -1,0 +1,133 @@
+"""Kafka client factory and error classification shared by every service.
+
+The only place that turns a :class:`KafkaConnection` into confluent-kafka
+clients. Consumers never auto-commit and never auto-store offsets: the caller
+commits explicitly after its work is durable (the weakness of ctrl_ingestd this
+project exists to fix). Producers are idempotent with ``acks=all``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient
+
+from ._settings import ClientConfig, KafkaConnection
+
+__all__ = [
+    "KafkaErrorKind",
+    "classify_kafka_error",
+    "make_admin",
+    "make_consumer",
+    "make_producer",
+]
+
+
+def make_consumer(
+    connection: KafkaConnection,
+    group_id: str | None,
+    *,
+    read_committed: bool = True,
+    overrides: ClientConfig | None = None,
+) -> Consumer:
+    """Build a consumer with manual commits.
+
+    Parameters
+    ----------
+    connection
+        Cluster address and security.
+    group_id
+        Consumer group; ``None`` for a group-less reader (replay, inspection) that
+        assigns partitions itself and never commits.
+    read_committed
+        Read only records of committed transactions (mirror output, dead letters).
+    overrides
+        Extra parameters, applied last.
+    """
+    config = connection.client_config()
+    config.update(
+        {
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed" if read_committed else "read_uncommitted",
+            "enable.partition.eof": False,
+        }
+    )
+    if group_id is not None:
+        config["group.id"] = group_id
+    else:
+        # librdkafka requires a group.id even for assign(); it is never used to commit.
+        config["group.id"] = f"{connection.client_id}-groupless"
+    config.update(overrides or {})
+    return Consumer(config)
+
+
+def make_producer(
+    connection: KafkaConnection,
+    *,
+    transactional_id: str | None = None,
+    overrides: ClientConfig | None = None,
+) -> Producer:
+    """Build an idempotent producer (``acks=all``), transactional when an id is given."""
+    config = connection.client_config()
+    config.update(
+        {
+            "enable.idempotence": True,
+            "acks": "all",
+            "compression.type": "zstd",
+            "linger.ms": 5,
+        }
+    )
+    if transactional_id is not None:
+        config["transactional.id"] = transactional_id
+    config.update(overrides or {})
+    return Producer(config)
+
+
+def make_admin(connection: KafkaConnection, *, overrides: ClientConfig | None = None) -> AdminClient:
+    """Build an admin client (topic creation, offsets and lag queries)."""
+    config = connection.client_config()
+    config.update(overrides or {})
+    return AdminClient(config)
+
+
+class KafkaErrorKind(StrEnum):
+    """What a caller should do about a Kafka error."""
+
+    retriable = "retriable"
+    """Transient (broker away, timeout, leader change): back off and retry the same work."""
+    abortable = "abortable"
+    """A transaction must be aborted, then the work retried."""
+    fatal = "fatal"
+    """The client cannot continue (fenced producer, authentication): exit and let the supervisor restart."""
+
+
+def classify_kafka_error(error: KafkaError | KafkaException | Any) -> KafkaErrorKind:
+    """Sort a Kafka error into retriable, abortable or fatal.
+
+    Follows confluent-kafka's transactional API: ``txn_requires_abort()`` means
+    abort and retry, ``fatal()`` means give up the client, ``retriable()`` means
+    try again. Errors that say none of these are treated as retriable, because a
+    supervisor restart loses nothing while a dropped batch would.
+    """
+    if isinstance(error, KafkaException):
+        error = error.args[0] if error.args else None
+    if not isinstance(error, KafkaError):
+        return KafkaErrorKind.retriable
+    if error.fatal():
+        return KafkaErrorKind.fatal
+    if error.txn_requires_abort():
+        return KafkaErrorKind.abortable
+    if error.code() in (
+        KafkaError._AUTHENTICATION,
+        KafkaError.SASL_AUTHENTICATION_FAILED,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.GROUP_AUTHORIZATION_FAILED,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+        KafkaError._SSL,
+    ):
+        return KafkaErrorKind.fatal
+    return KafkaErrorKind.retriable

@@ -1,0 +1,150 @@
+"""One OpenSearch document per event: what campaign managers search, count and chart.
+
+The document is flat where dashboards aggregate (facility, outcome, kind, error
+class are keywords at the top level) and omits fields the event did not carry,
+so a ``zip_file`` event has no ``dataset_id`` rather than an empty one. Field
+names and types are fixed by the index template (:mod:`._template`); a test checks
+that every field written here is mapped there.
+
+The document id is derived from what identifies the event, so a retried bulk
+request, or a replay of the same transfer, overwrites instead of duplicating.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from ingestd.work import EventReport
+
+__all__ = ["PreparedDocument", "document_id", "event_document", "index_name", "prepare"]
+
+_ID_NAMESPACE: Final = uuid.UUID("5b0f8a8e-2f4c-4d57-9c4e-6a1d3b7e9f21")
+"""Fixed namespace of the name-based (v5) document ids; changing it would duplicate every document."""
+
+REASON_MAX_CHARS: Final = 2000
+"""Longest reason kept in a document; operators read the dead-letter topic for the rest."""
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedDocument:
+    """A document ready for a bulk request: where it goes, under which id."""
+
+    index: str
+    id: str
+    source: dict[str, Any]
+
+
+def _utc(moment: datetime) -> datetime:
+    """Return ``moment`` in UTC; naive datetimes are UTC by the project's convention."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _iso(moment: datetime) -> str:
+    return _utc(moment).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def document_id(report: EventReport) -> str:
+    """Return the stable document id of ``report``.
+
+    The event is identified by its dataset id and Rucio transfer id when it has
+    either (the same transfer replayed gives the same id), else by its source
+    position; the outcome is part of the id, so a parked event that is later
+    registered keeps both documents.
+    """
+    summary = report.summary
+    if summary.dataset_id is not None or summary.transfer_id is not None:
+        key = f"event|{summary.dataset_id or '-'}|{summary.transfer_id or '-'}|{summary.scope}:{summary.name}"
+    else:
+        key = f"position|{report.position}"
+    return str(uuid.uuid5(_ID_NAMESPACE, f"{key}|{report.outcome}"))
+
+
+def index_name(prefix: str, ingested_at: datetime) -> str:
+    """Return the daily index of a document ingested at ``ingested_at`` (UTC date)."""
+    return f"{prefix}-{_utc(ingested_at):%Y.%m.%d}"
+
+
+def event_document(
+    report: EventReport, *, ingested_at: datetime, host: str | None = None, version: str | None = None
+) -> dict[str, Any]:
+    """Return the document body for ``report``.
+
+    Parameters
+    ----------
+    report
+        The event's final report.
+    ingested_at
+        When it was ingested: the registry commit when known, else when the sink
+        received it.
+    host, version
+        Which daemon reported it, for operators comparing facilities.
+    """
+    summary = report.summary
+    position = report.position
+    document: dict[str, Any] = {
+        "@timestamp": _iso(ingested_at),
+        "ingested_at": _iso(ingested_at),
+        "outcome": str(report.outcome),
+        "position": str(position),
+        "source": {
+            key: value
+            for key, value in (
+                ("type", position.source),
+                ("topic", position.topic),
+                ("partition", position.partition),
+                ("offset", position.offset),
+                ("line", position.line),
+            )
+            if value is not None
+        },
+    }
+    optional: dict[str, Any] = {
+        "event_type": summary.event_type,
+        "kind": str(summary.kind) if summary.kind is not None else None,
+        "facility": summary.facility,
+        "rse": summary.rse,
+        "scope": summary.scope,
+        "name": summary.name,
+        "did": f"{summary.scope}:{summary.name}" if summary.scope and summary.name else None,
+        "size_bytes": summary.size,
+        "adler32": summary.adler32,
+        "md5": summary.md5,
+        "transfer_id": summary.transfer_id,
+        "dataset_id": str(summary.dataset_id) if summary.dataset_id is not None else None,
+        "dataset_type": summary.dataset_type,
+        "run": summary.run,
+        "error_class": report.error_class,
+        "reason": report.reason[:REASON_MAX_CHARS] if report.reason else None,
+        "host": host,
+        "ingestd_version": version,
+    }
+    if summary.transferred_at is not None:
+        optional["transferred_at"] = _iso(summary.transferred_at)
+        latency = (_utc(ingested_at) - _utc(summary.transferred_at)).total_seconds()
+        optional["latency_seconds"] = round(max(latency, 0.0), 3)
+    document.update({key: value for key, value in optional.items() if value is not None})
+    return document
+
+
+def prepare(
+    report: EventReport,
+    *,
+    prefix: str,
+    received_at: datetime,
+    host: str | None = None,
+    version: str | None = None,
+) -> PreparedDocument:
+    """Turn a report into a document with its index and id.
+
+    ``received_at`` stands in for the ingest time when the report has no commit
+    time (a skipped event commits nothing).
+    """
+    ingested_at = report.committed_at or received_at
+    return PreparedDocument(
+        index=index_name(prefix, ingested_at),
+        id=document_id(report),
+        source=event_document(report, ingested_at=ingested_at, host=host, version=version),
+    )

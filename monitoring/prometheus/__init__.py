@@ -1,0 +1,1 @@
+"""Prometheus alert rules (``*.rules.yml``) and their promtool unit tests (``tests/*.yml``)."""

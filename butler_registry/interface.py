@@ -169,7 +169,9 @@ class ImportResult:
 
     status: ItemStatus
     """``inserted`` if anything new was written, ``already_present`` if all of it was there,
-    ``conflict``/``invalid`` when the file cannot be imported (nothing of it is written)."""
+    ``conflict``/``invalid`` otherwise. A dimension export is all-or-nothing (nothing of it is
+    written on a conflict); a zip is per item like :meth:`Registry.register`: its good datasets are
+    written, ``datasets`` holds each item's status, and this field is the worst of them."""
     dimension_records_inserted: int = 0
     dimension_records_present: int = 0
     datasets: tuple[ItemResult, ...] = ()

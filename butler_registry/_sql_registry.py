@@ -1,0 +1,478 @@
+"""The SQL registry: the registry contract on PostgreSQL (production) or SQLite (embedded)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import sqlalchemy as sa
+
+from ingestd.log import get_logger
+
+from ._access import grant_readonly
+from ._butler_yaml import ExportContents, ExportFormatError, read_export
+from ._cache import BoundedCache
+from ._datasets import MAX_SINGLE_STATEMENT_ROWS
+from ._dimensions import DataIdChecker, DimensionStore
+from ._engine import WRITE_OPTIONS, Backend, backend_of, create_registry_engine, translate_errors
+from ._export import ExportSummary, write_export
+from ._migrate import check_schema, schema_state, upgrade
+from ._prepare import PreparedBatch, prepare_batch
+from ._records import CanonicalRecord, RecordError, canonical_record
+from ._schema import (
+    ATTRIBUTES,
+    COLLECTION,
+    COLLECTION_CHAIN,
+    DATASET,
+    DATASET_FILE,
+    DATASET_TAG,
+    DATASET_TYPE,
+    DIMENSION_RECORD,
+    IMPORT_LOG,
+)
+from ._writer import BatchWriter, Learned, RegistryCaches
+from ._zip import ZipFormatError, read_zip
+from .interface import (
+    DatasetRecord,
+    ImportResult,
+    ItemResult,
+    ItemStatus,
+    Provenance,
+    RegisterResult,
+    Registry,
+    RegistryStats,
+    SchemaVersionError,
+)
+from .universe import Universe, UniverseError, default_universe
+
+__all__ = ["SqlRegistry", "open_registry"]
+
+_log = get_logger(__name__)
+
+_STATUS_SEVERITY = {
+    ItemStatus.invalid: 4,
+    ItemStatus.conflict: 3,
+    ItemStatus.missing_dimensions: 2,
+    ItemStatus.inserted: 1,
+    ItemStatus.already_present: 0,
+}
+
+
+class _RollbackError(Exception):
+    """Leave a transaction without committing, carrying the result to report."""
+
+    def __init__(self, result: ImportResult) -> None:
+        super().__init__(result.reason)
+        self.result = result
+
+
+@dataclass(frozen=True, slots=True)
+class _ImportOutcome:
+    records_inserted: int
+    records_present: int
+    datasets: tuple[ItemResult, ...]
+
+
+class SqlRegistry(Registry):
+    """A Butler-faithful registry on SQLAlchemy Core.
+
+    Use :func:`open_registry` to get one; the constructor assumes the schema was checked.
+
+    Parameters
+    ----------
+    engine
+        Engine of the registry database.
+    universe
+        Dimension universe (daf_butler's default).
+    record_cache_size
+        Committed dimension records kept in memory between batches.
+
+    Notes
+    -----
+    Each write method is one transaction. Caches hold only committed facts that never
+    change (dataset type definitions, run ids, dimension records), each bounded, so
+    memory does not grow with the registry.
+    """
+
+    def __init__(
+        self, engine: sa.Engine, *, universe: Universe | None = None, record_cache_size: int = 100_000
+    ) -> None:
+        self.engine = engine
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._writer = engine.execution_options(**WRITE_OPTIONS)
+        self._backend = backend_of(engine)
+        self.universe = universe or default_universe()
+        self._checker = DataIdChecker(self.universe)
+        self._caches = RegistryCaches(
+            dataset_types=BoundedCache(4096),
+            runs=BoundedCache(16_384),
+            records=DimensionStore(self.universe, record_cache_size),
+        )
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def register(self, batch: Sequence[DatasetRecord]) -> RegisterResult:
+        """Register a batch in one transaction; see :meth:`Registry.register`."""
+        if not batch:
+            return RegisterResult(())
+        prepared = prepare_batch(self.universe, batch)
+        results = self._register_from_caches(prepared)
+        if results is None:
+            writer = BatchWriter(self.universe, self._caches, None, self._checker)
+            with translate_errors("registering a batch"), self._writer.begin() as connection:
+                writer.attach(connection)
+                results = writer.write(prepared)
+            writer.learned.apply(self._caches)
+        return RegisterResult(tuple(results[index] for index in range(len(batch))))
+
+    def _register_from_caches(self, prepared: PreparedBatch) -> dict[int, ItemResult] | None:
+        """The steady-state path on PostgreSQL: one statement, no explicit transaction.
+
+        When the caches settle every check, the batch's only write is the statement that
+        inserts datasets and file records; a single statement is atomic on its own, so
+        it runs in autocommit mode and the batch costs one round trip (plus one read
+        when some items were already there). ``None`` when the full path is needed.
+        """
+        if self._backend is not Backend.postgresql or len(prepared.items) > MAX_SINGLE_STATEMENT_ROWS:
+            return None
+        writer = BatchWriter(self.universe, self._caches, None, self._checker)
+        rows = writer.plan_from_caches(prepared)
+        if rows is None:
+            return None
+        with translate_errors("registering a batch"), self._autocommit.connect() as connection:
+            writer.attach(connection)
+            return writer.finish(prepared, rows)
+
+    def import_dimensions(self, export_file: Path, provenance: Provenance | None = None) -> ImportResult:
+        """Import a Butler export YAML: its dimension records, and its collections and datasets if any.
+
+        All of the file's records are written or none: a record that contradicts the
+        registry (or another copy in the file) makes the result ``conflict``, a record
+        whose references are absent ``missing_dimensions``, an unreadable file
+        ``invalid``; in each case nothing is written. Datasets of the file are then
+        registered as a batch would be (per-item results in ``datasets``).
+        """
+        started = time.perf_counter()
+        try:
+            contents = read_export(Path(export_file), self.universe, provenance)
+            records = self._canonical_records(contents.records)
+        except (ExportFormatError, RecordError, UniverseError, OSError) as error:
+            return ImportResult(ItemStatus.invalid, reason=f"{Path(export_file).name}: {error}")
+        for ignored in contents.ignored:
+            _log.warning("registry_import_entry_ignored", file=str(export_file), entry=ignored)
+        try:
+            with translate_errors("importing a Butler export"), self._writer.begin() as connection:
+                writer = BatchWriter(self.universe, self._caches, connection, self._checker)
+                outcome = self._import_contents(writer, contents, records)
+                if outcome.records_inserted or writer.learned.datasets_inserted:
+                    self._log_import(connection, "dim_file", export_file, writer.learned, provenance)
+        except _RollbackError as rollback:
+            return rollback.result
+        writer.learned.apply(self._caches)
+        result = self._import_result(outcome)
+        _log.info(
+            "registry_dimensions_imported",
+            file=str(export_file),
+            status=str(result.status),
+            records_inserted=result.dimension_records_inserted,
+            records_present=result.dimension_records_present,
+            datasets=len(result.datasets),
+            seconds=round(time.perf_counter() - started, 3),
+        )
+        return result
+
+    def import_zip(self, zip_file: Path, provenance: Provenance | None = None) -> ImportResult:
+        """Register the datasets of a Butler zip, with file records pointing inside it.
+
+        Dimension records the index carries are imported first (insert or compare).
+        Datasets get per-item results as in :meth:`register`: good ones are written
+        even when another one conflicts; the overall status is the most severe one
+        (invalid > conflict > missing_dimensions > inserted > already_present).
+        """
+        try:
+            contents = read_zip(Path(zip_file), self.universe, provenance)
+            shared = self._canonical_records(contents.records)
+        except (ZipFormatError, RecordError, UniverseError, OSError, KeyError, ValueError) as error:
+            return ImportResult(ItemStatus.invalid, reason=f"{Path(zip_file).name}: {error}")
+        for warning in contents.warnings:
+            _log.warning("registry_zip_records_skipped", file=str(zip_file), reason=warning)
+        prepared = prepare_batch(self.universe, contents.datasets)
+        with translate_errors("importing a Butler zip"), self._writer.begin() as connection:
+            writer = BatchWriter(self.universe, self._caches, connection, self._checker)
+            results = writer.write(prepared, shared)
+            inserted_ids = {r.dataset_id for r in results.values() if r.status is ItemStatus.inserted}
+            components = [c for c in contents.components if c.dataset_id in inserted_ids]
+            if components:
+                connection.execute(
+                    sa.insert(DATASET_FILE),
+                    [
+                        {
+                            "dataset_id": c.dataset_id,
+                            "component": c.component,
+                            "path": c.file.path,
+                            "file_size": c.file.size,
+                            "formatter": c.file.formatter,
+                        }
+                        for c in components
+                    ],
+                )
+            if writer.learned.records_inserted or writer.learned.datasets_inserted:
+                self._log_import(connection, "zip_file", zip_file, writer.learned, provenance)
+        writer.learned.apply(self._caches)
+        items = tuple(results[index] for index in range(len(contents.datasets)))
+        learned = writer.learned
+        return self._import_result(_ImportOutcome(learned.records_inserted, learned.records_present, items))
+
+    def _canonical_records(
+        self, entries: Iterable[tuple[str, list[dict[str, object]]]]
+    ) -> list[CanonicalRecord]:
+        records: list[CanonicalRecord] = []
+        for element, rows in entries:
+            if element in self.universe and not self.universe[element].has_records:
+                continue  # band: a view of physical_filter records
+            records.extend(canonical_record(self.universe, element, row) for row in rows)
+        return records
+
+    def _import_contents(
+        self, writer: BatchWriter, contents: ExportContents, records: Sequence[CanonicalRecord]
+    ) -> _ImportOutcome:
+        conflicts, missing, inserted, present = writer.write_records(records)
+        if conflicts:
+            shown = list(conflicts.values())[:5]
+            more = f" (and {len(conflicts) - 5} more)" if len(conflicts) > 5 else ""
+            raise _RollbackError(ImportResult(ItemStatus.conflict, reason="; ".join(shown) + more))
+        if missing:
+            absent = sorted({name for names in missing.values() for name in names})
+            raise _RollbackError(
+                ImportResult(
+                    ItemStatus.missing_dimensions,
+                    reason=f"{len(missing)} record(s) refer to records the registry does not have: "
+                    + ", ".join(absent[:10]),
+                )
+            )
+        self._import_collections(writer, contents)
+        datasets: tuple[ItemResult, ...] = ()
+        if contents.datasets:
+            prepared: PreparedBatch = prepare_batch(self.universe, contents.datasets)
+            results = writer.write(prepared)
+            datasets = tuple(results[index] for index in range(len(contents.datasets)))
+        if contents.associations:
+            self._import_associations(writer.connection, contents)
+        return _ImportOutcome(inserted, present, datasets)
+
+    def _import_collections(self, writer: BatchWriter, contents: ExportContents) -> None:
+        if contents.runs:
+            docs = {name: doc for name, doc in contents.runs.items() if doc is not None}
+            _runs, others = writer.ensure_runs(contents.runs, docs)
+            if others:
+                raise _RollbackError(
+                    ImportResult(
+                        ItemStatus.conflict,
+                        reason="; ".join(
+                            f"collection {n} is a {k} collection, not a RUN" for n, k in others.items()
+                        ),
+                    )
+                )
+        connection = writer.connection
+        for name, doc in contents.tagged.items():
+            self._ensure_collection(connection, name, "TAGGED", doc)
+        for name, children in contents.chains.items():
+            parent = self._ensure_collection(connection, name, "CHAINED", contents.docs.get(name))
+            child_ids = [self._collection_id(connection, child) for child in children]
+            if None in child_ids:
+                absent = [c for c, i in zip(children, child_ids, strict=True) if i is None]
+                raise _RollbackError(
+                    ImportResult(ItemStatus.missing_dimensions, reason=f"chain {name} names unknown {absent}")
+                )
+            connection.execute(sa.delete(COLLECTION_CHAIN).where(COLLECTION_CHAIN.c.parent_id == parent))
+            if child_ids:
+                connection.execute(
+                    sa.insert(COLLECTION_CHAIN),
+                    [{"parent_id": parent, "position": i, "child_id": c} for i, c in enumerate(child_ids)],
+                )
+
+    @staticmethod
+    def _collection_id(connection: sa.Connection, name: str) -> int | None:
+        return connection.execute(sa.select(COLLECTION.c.id).where(COLLECTION.c.name == name)).scalar()
+
+    def _ensure_collection(self, connection: sa.Connection, name: str, kind: str, doc: str | None) -> int:
+        row = connection.execute(
+            sa.select(COLLECTION.c.id, COLLECTION.c.type).where(COLLECTION.c.name == name)
+        ).first()
+        if row is None:
+            return int(
+                connection.execute(
+                    sa.insert(COLLECTION).values(name=name, type=kind, doc=doc).returning(COLLECTION.c.id)
+                ).scalar_one()
+            )
+        if row.type != kind:
+            raise _RollbackError(
+                ImportResult(
+                    ItemStatus.conflict, reason=f"collection {name} is a {row.type} collection, not {kind}"
+                )
+            )
+        return int(row.id)
+
+    def _import_associations(self, connection: sa.Connection, contents: ExportContents) -> None:
+        for collection, ids in contents.associations.items():
+            collection_id = self._collection_id(connection, collection)
+            if collection_id is None:
+                collection_id = self._ensure_collection(connection, collection, "TAGGED", None)
+            present = {
+                row[0] for row in connection.execute(sa.select(DATASET.c.id).where(DATASET.c.id.in_(ids)))
+            }
+            tagged = {
+                row[0]
+                for row in connection.execute(
+                    sa.select(DATASET_TAG.c.dataset_id).where(DATASET_TAG.c.collection_id == collection_id)
+                )
+            }
+            rows = [
+                {"collection_id": collection_id, "dataset_id": i}
+                for i in dict.fromkeys(ids)
+                if i in present and i not in tagged
+            ]
+            if rows:
+                connection.execute(sa.insert(DATASET_TAG), rows)
+
+    @staticmethod
+    def _log_import(
+        connection: sa.Connection, kind: str, path: Path, learned: Learned, provenance: Provenance | None
+    ) -> None:
+        connection.execute(
+            sa.insert(IMPORT_LOG).values(
+                kind=kind,
+                path=str(path),
+                records_inserted=learned.records_inserted,
+                datasets_inserted=learned.datasets_inserted,
+                source=provenance.source if provenance else None,
+                topic=provenance.topic if provenance else None,
+                partition=provenance.partition if provenance else None,
+                offset=provenance.offset if provenance else None,
+                transfer_id=provenance.transfer_id if provenance else None,
+                rse=provenance.rse if provenance else None,
+                event_time=provenance.event_time if provenance else None,
+            )
+        )
+
+    @staticmethod
+    def _import_result(outcome: _ImportOutcome) -> ImportResult:
+        statuses = [item.status for item in outcome.datasets]
+        failures = [s for s in statuses if not s.ok]
+        if failures:
+            status = max(failures, key=_STATUS_SEVERITY.__getitem__)
+            reasons = [item.reason for item in outcome.datasets if item.status is status and item.reason]
+            first = reasons[0] if reasons else ""
+            reason = f"{len(failures)} of {len(statuses)} datasets failed; first {status}: {first}"
+        else:
+            anything_new = outcome.records_inserted > 0 or ItemStatus.inserted in statuses
+            status = ItemStatus.inserted if anything_new else ItemStatus.already_present
+            reason = None
+        return ImportResult(
+            status=status,
+            dimension_records_inserted=outcome.records_inserted,
+            dimension_records_present=outcome.records_present,
+            datasets=outcome.datasets,
+            reason=reason,
+        )
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def ping(self) -> None:
+        """Check the database answers and holds the schema this code understands."""
+        check_schema(self.engine)
+        with translate_errors("reading registry attributes"), self.engine.connect() as connection:
+            rows = connection.execute(sa.select(ATTRIBUTES.c.name, ATTRIBUTES.c.value))
+            attributes: dict[str, str] = {name: value for name, value in rows}  # noqa: C416
+        namespace = attributes.get("universe_namespace")
+        if namespace != self.universe.namespace:
+            raise SchemaVersionError(
+                f"registry holds universe namespace {namespace!r}; "
+                f"this ingestd uses {self.universe.namespace!r}"
+            )
+
+    def stats(self) -> RegistryStats:
+        """Counts of datasets, runs, dataset types and dimension records by element."""
+        with translate_errors("counting registry contents"), self.engine.connect() as connection:
+            version = connection.execute(
+                sa.select(ATTRIBUTES.c.value).where(ATTRIBUTES.c.name == "schema_version")
+            ).scalar()
+            datasets = connection.execute(sa.select(sa.func.count()).select_from(DATASET)).scalar_one()
+            runs = connection.execute(
+                sa.select(sa.func.count()).select_from(COLLECTION).where(COLLECTION.c.type == "RUN")
+            ).scalar_one()
+            types = connection.execute(sa.select(sa.func.count()).select_from(DATASET_TYPE)).scalar_one()
+            counts = sa.select(DIMENSION_RECORD.c.element, sa.func.count()).group_by(
+                DIMENSION_RECORD.c.element
+            )
+            records: dict[str, int] = {element: int(count) for element, count in connection.execute(counts)}
+        return RegistryStats(
+            schema_version=str(version),
+            datasets=int(datasets),
+            runs=int(runs),
+            dataset_types=int(types),
+            dimension_records={element: records[element] for element in self.universe.sorted(records)},
+        )
+
+    def export(self, stream: IO[str], runs: Sequence[str] | None = None) -> ExportSummary:
+        """Write a Butler export YAML (all of the registry, or the datasets of ``runs``).
+
+        Raises
+        ------
+        KeyError
+            A name in ``runs`` is not a RUN collection.
+        """
+        with translate_errors("exporting the registry"), self.engine.connect() as connection:
+            return write_export(connection, self.universe, stream, runs)
+
+    def grant_readonly(self, role: str, *, login: bool = False, password: str | None = None) -> bool:
+        """Create or update a PostgreSQL role that can read the registry and not write it."""
+        return grant_readonly(self.engine, role, login=login, password=password)
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+    def __enter__(self) -> SqlRegistry:
+        return self
+
+
+def open_registry(
+    url: str, *, create: bool = False, record_cache_size: int = 100_000, connect_timeout_s: float = 10.0
+) -> SqlRegistry:
+    """Open the SQL registry at ``url`` (``sqlite:///path``, ``postgresql://...``).
+
+    Parameters
+    ----------
+    url
+        Database URL; ``postgresql://`` means psycopg 3.
+    create
+        Create the schema when the database holds none (``ingestd registry init``).
+    record_cache_size
+        Committed dimension records kept in memory.
+    connect_timeout_s
+        Connection attempt limit.
+
+    Raises
+    ------
+    RegistryConfigurationError
+        Unsupported URL.
+    SchemaVersionError
+        No schema (and ``create`` is false), or a schema of another version.
+    TransientRegistryError
+        The database cannot be reached now.
+    """
+    engine = create_registry_engine(url, connect_timeout_s=connect_timeout_s)
+    try:
+        if create and schema_state(engine).current is None:
+            upgrade(engine)
+            _log.info("registry_schema_created", url=engine.url.render_as_string(hide_password=True))
+        registry = SqlRegistry(engine, record_cache_size=record_cache_size)
+        registry.ping()
+    except BaseException:
+        engine.dispose()
+        raise
+    return registry

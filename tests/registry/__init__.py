@@ -1,0 +1,1 @@
+"""Tests of the SQL registry (``butler_registry``) and the registry contract every implementation meets."""

@@ -41,7 +41,7 @@ test: venv
 	. $(VENV)/testbed.env && $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 demo: venv
-	$(VENV)/bin/ingestd replay --from-file ingestd/samples/transfer-done.jsonl
+	$(VENV)/bin/ingestd replay --sample
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,6 +1,7 @@
 """Kafka connection settings and client factory shared by the daemon, mirror and publisher."""
 
 from ._clients import KafkaErrorKind, classify_kafka_error, make_admin, make_consumer, make_producer
+from ._logging import client_logger
 from ._settings import (
     KafkaConnection,
     KafkaSecurity,
@@ -19,6 +20,7 @@ __all__ = [
     "SaslSslSecurity",
     "SslSecurity",
     "classify_kafka_error",
+    "client_logger",
     "ensure_topics",
     "make_admin",
     "make_consumer",

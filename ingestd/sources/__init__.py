@@ -1,0 +1,30 @@
+"""Where raw records come from, and how each source acknowledges them.
+
+* :class:`KafkaGroupSource` — the live daemon and the dead-letter re-drive: a
+  consumer group, offsets committed synchronously after each batch.
+* :class:`KafkaRangeSource` — backfills and listings: partitions assigned between
+  two offsets or times, no group, nothing committed.
+* :class:`JsonlFileSource` — a file of events, with an optional resume marker.
+"""
+
+from ._base import FatalSourceError, Progress, RawRecord, Source, SourceError, TransientSourceError
+from ._jsonl import JsonlFileSource
+from ._kafka_group import KafkaGroupSource, PartitionLag
+from ._kafka_range import KafkaRangeSource, RangeBound
+from ._topics import TopicSelection, escape_topic
+
+__all__ = [
+    "FatalSourceError",
+    "JsonlFileSource",
+    "KafkaGroupSource",
+    "KafkaRangeSource",
+    "PartitionLag",
+    "Progress",
+    "RangeBound",
+    "RawRecord",
+    "Source",
+    "SourceError",
+    "TopicSelection",
+    "TransientSourceError",
+    "escape_topic",
+]

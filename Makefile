@@ -2,9 +2,9 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-PYTEST_ARGS ?= -v
+PYTEST_ARGS ?= -v -m "not soak"
 
-.PHONY: help venv servers servers-down status lint test demo clean
+.PHONY: help venv servers servers-down status lint test test-soak demo clean
 
 help:
 	@echo "make demo      install, then run the ingest daemon on the bundled sample (no servers needed)"
@@ -39,6 +39,11 @@ test: venv
 	$(PYTHON) -m deploy.local up > $(VENV)/testbed.env
 	$(MAKE) lint
 	. $(VENV)/testbed.env && $(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# The long chaos soaks (repeated random faults, repeated broker restarts): not part of CI.
+test-soak: venv
+	$(PYTHON) -m deploy.local up > $(VENV)/testbed.env
+	. $(VENV)/testbed.env && $(VENV)/bin/pytest -v -m soak
 
 demo: venv
 	$(VENV)/bin/ingestd replay --sample

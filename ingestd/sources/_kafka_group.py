@@ -169,6 +169,11 @@ class KafkaGroupSource:
             self._assigned[(tp.topic, tp.partition)] = self._generation
         if self._paused and partitions:
             consumer.pause(partitions)
+        elif partitions:
+            # librdkafka keeps a partition's pause flag across revoke and assign: a partition paused
+            # during a back-off, lost, and assigned again after resume() ran on an empty assignment
+            # would otherwise never be fetched again (found by the chaos suite's broker restarts).
+            consumer.resume(partitions)
         try:
             committed = consumer.committed(partitions, timeout=10)
         except KafkaException:

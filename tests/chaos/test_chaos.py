@@ -240,6 +240,7 @@ def test_every_fault_once(chaos_bed: ChaosBed, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 def test_repeated_random_faults(chaos_bed: ChaosBed, tmp_path: Path) -> None:
     """Several rounds of random faults (repeats allowed) at a higher rate."""
     seed = _seed()
@@ -258,6 +259,7 @@ def test_repeated_random_faults(chaos_bed: ChaosBed, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 def test_local_cluster_restarted_repeatedly(chaos_bed: ChaosBed, tmp_path: Path) -> None:
     """Four restarts of the facility's broker in a row: the case that exposes both KNOWN_STALLS."""
     seed = int(os.environ.get("INGESTD_TEST_SEED", "5"))

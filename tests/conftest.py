@@ -199,6 +199,15 @@ def postgres_database(postgres_url: str) -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture
+def private_postgres() -> Iterator[Any]:
+    """A PostgreSQL server of this test alone, which the test may stop (never the shared one)."""
+    from deploy.local import private_postgres as start_private_postgres
+
+    with start_private_postgres() as server:
+        yield server
+
+
 # ---------------------------------------------------------------------------------------------
 # OpenSearch and Prometheus
 

@@ -10,18 +10,32 @@ a Python API, used by ``tests/conftest.py``.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
-from ._base import Layout, Server, ServerError, file_lock, log
+from ._base import Layout, Server, ServerError, file_lock, free_port, log
 from .kafka_node import KafkaNode, install_kafka_jars
 from .opensearch import OpenSearchServer
 from .postgres import PostgresServer
 from .prometheus import PrometheusServer
 
-__all__ = ["GROUPS", "Layout", "ServerError", "ServerStatus", "TestBed", "install_kafka_jars"]
+__all__ = [
+    "GROUPS",
+    "Layout",
+    "PostgresServer",
+    "ServerError",
+    "ServerStatus",
+    "TestBed",
+    "free_port",
+    "install_kafka_jars",
+    "private_postgres",
+]
 
 GROUPS = ("kafka", "postgres", "opensearch", "prometheus")
 """What ``--only`` accepts."""
@@ -138,3 +152,25 @@ class TestBed:
         self.layout.state.mkdir(parents=True, exist_ok=True)
         self.layout.env_file.write_text("".join(f"{key}={value}\n" for key, value in sorted(env.items())))
         return env
+
+
+@contextlib.contextmanager
+def private_postgres() -> Iterator[PostgresServer]:
+    """A started PostgreSQL server of one caller alone, stopped and removed on exit.
+
+    For tests that stop or restart the database (outages): the shared server must never be
+    touched. Its folder is a fresh temporary one reachable by the unprivileged server user
+    (pytest's own tmp_path is not), on a free port.
+    """
+    state = Path(tempfile.mkdtemp(prefix="ingestd-private-pg-", dir=os.environ.get("TMPDIR", "/tmp")))
+    state.chmod(0o755)
+    server = PostgresServer(Layout(state=state, cache=Layout.default().cache), port=free_port())
+    try:
+        server.install()
+        server.configure()
+        server.start()
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(state, ignore_errors=True)

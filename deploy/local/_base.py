@@ -29,6 +29,7 @@ __all__ = [
     "Server",
     "ServerError",
     "ensure_apt_packages",
+    "free_port",
     "http_ok",
     "port_open",
     "process_tree_rss_bytes",
@@ -141,6 +142,14 @@ def ensure_apt_packages(packages: Sequence[str], probe: Callable[[], bool]) -> N
     )
     if not probe():
         raise ServerError(f"installed {' '.join(packages)} but the program is still not found")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (for private servers of a test)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:

@@ -35,38 +35,3 @@ def open_sql(request: pytest.FixtureRequest) -> Iterator[Callable[..., SqlRegist
     yield make
     for registry in opened:
         registry.close()
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-@pytest.fixture
-def private_postgres() -> Iterator[object]:
-    """A PostgreSQL server of this test alone, for tests that stop it (never the shared one)."""
-    import os
-    import shutil
-    import tempfile
-
-    from deploy.local._base import Layout
-    from deploy.local.postgres import PostgresServer
-
-    # The server runs as an unprivileged user: its folder must be reachable by it.
-    state = Path(tempfile.mkdtemp(prefix="ingestd-registry-pg-", dir=os.environ.get("TMPDIR", "/tmp")))
-    state.chmod(0o755)
-    server = PostgresServer(Layout(state=state, cache=Layout.default().cache), port=free_port())
-    server.install()
-    server.configure()
-    server.start()
-    server.wait_ready()
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(state, ignore_errors=True)

@@ -70,7 +70,7 @@ def test_bad_url_is_a_settings_error(capsys: pytest.CaptureFixture[str]) -> None
 
 
 def test_unreachable_database_exits_75(capsys: pytest.CaptureFixture[str]) -> None:
-    from .conftest import free_port
+    from deploy.local import free_port
 
     code, _, err = _run(capsys, "stats", "--url", f"postgresql://postgres@127.0.0.1:{free_port()}/none")
     assert code == 75

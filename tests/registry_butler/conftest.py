@@ -11,10 +11,6 @@ file is read, so the choice changes nothing the tests look at.
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
-import socket
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,36 +137,6 @@ def dataset(
 
 # ---------------------------------------------------------------------------------------------
 # A private PostgreSQL server, for tests that must stop it
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-@pytest.fixture
-def private_postgres() -> Iterator[Any]:
-    """A PostgreSQL server of this test alone (the shared one must never be stopped)."""
-    from deploy.local._base import Layout
-    from deploy.local.postgres import PostgresServer
-
-    # The server runs as an unprivileged user: its folder must be reachable by it, which
-    # pytest's private tmp_path is not.
-    state = Path(tempfile.mkdtemp(prefix="ingestd-pg-", dir=os.environ.get("TMPDIR", "/tmp")))
-    state.chmod(0o755)
-    server = PostgresServer(Layout(state=state, cache=Layout.default().cache), port=free_port())
-    server.install()
-    server.configure()
-    server.start()
-    server.wait_ready()
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(state, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------

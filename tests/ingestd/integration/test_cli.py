@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from butler_registry import open_registry
+from deploy.local import free_port
 from ingestd.kafka import KafkaConnection
 
-from .conftest import free_port
 from .events import SAMPLES, dim_event, encode, sample, sample_bytes, synthetic_datasets
 from .harness import IngestSetup
 from .kafka_helpers import committed_offsets, create_topic, produce, read_all

@@ -46,9 +46,36 @@ Operators can inspect or reset positions with the standard
 ``kafka-consumer-groups`` tool on the target (values are SOURCE offsets; the
 LAG column it computes against target offsets is meaningless).
 
+When the target fails under a transaction
+------------------------------------------
+Every blocking transactional call has a deadline the mirror enforces itself
+(``transaction_call_timeout_s``, see :mod:`mirror._transactional`), because
+librdkafka does not always keep the timeout it is given: after a restart of the
+target broker ``send_offsets_to_transaction`` can wait forever for a group
+coordinator that is gone (librdkafka#5456), or time out on every attempt on a
+coordinator connection that never recovers. A failed batch is aborted, and the
+partitions go back to the positions stored on the target, read anew. The
+producer is rebuilt -- same transactional id -- when a call did not return, when
+the producer is in a fatal state of its own, when the abort fails, or when two
+batches in a row failed. Rebuilding rather than exiting is safe: the new
+producer's ``init_transactions`` bumps the epoch, which ends the old producer's
+transaction (aborted, or committed if its commit had reached the coordinator)
+and fences it, so nothing it still holds can land; positions are read back with
+``require_stable`` afterwards, so either outcome is seen. A call left stuck keeps
+its client (threads, sockets) until it returns, so after ``max_producer_rebuilds``
+rebuilds without a commit the process exits non-zero and the supervisor starts a
+clean one. The group consumer, when a broker restart fences its static membership,
+is replaced the same way (:meth:`Replicator._rejoin_group`).
+
+Liveness follows progress, not the loop: ``/healthz`` is beaten by a committed
+transaction or a turn with nothing to do, never by retries. When records wait
+and nothing was committed for ``stall_limit_s``, ``/healthz`` fails (the
+supervisor restarts the process) and ``/readyz`` names the stall and its last cause.
+
 Verified by ``tests/mirror``: kill -9 at random moments, two instances and a
 rebalance, a paused instance coming back, a stalled instance trying to commit
-after its partitions moved, and one instance name used twice.
+after its partitions moved, one instance name used twice, and the target broker
+restarted (and killed) under a running mirror (``test_target_restart.py``).
 """
 
 from __future__ import annotations
@@ -71,7 +98,6 @@ from confluent_kafka import (
     KafkaError,
     KafkaException,
     Message,
-    Producer,
     TopicPartition,
 )
 
@@ -80,25 +106,32 @@ from ingestd.log import get_logger
 from monitoring.http_server import HealthState
 from monitoring.metrics import MirrorMetrics, TransactionResult
 
+from ._calls import CallStuckError
 from ._errors import MirrorFatalError, MirrorFencedError
 from ._headers import SOURCE_OFFSET_HEADER, partition_headers
 from ._settings import MirrorSettings
 from ._topics import MirroredTopic, TopicCatalog
+from ._transactional import TransactionalProducer
 
 __all__ = ["Replicator"]
 
 logger = get_logger(__name__)
 
-KAFKA_TIMEOUT_S = 30.0
-"""Bound on one blocking client call (commit, abort, init); the loop comes back to beat and poll after it."""
 POSITIONS_TIMEOUT_S = 2.0
 """Bound on one read of stored positions; a predecessor's open transaction makes it retry next turn."""
 LAG_INTERVAL_S = 2.0
 """How often the per-partition lag gauges are refreshed."""
 PROGRESS_INTERVAL_S = 60.0
 """How often a ``mirror.progress`` line summarises the work done (when there was any)."""
-RETRIES = 5
-"""Attempts of one transactional call on a retriable error before the transaction is aborted."""
+REBUILD_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0)
+"""Pauses between attempts to (re)build and initialise the transactional producer."""
+REJOIN_WINDOW_S = 60.0
+REJOIN_LIMIT = 3
+"""Fences of the group consumer within :data:`REJOIN_WINDOW_S` that mean another process has our name.
+
+Two processes with one instance name fence each other in turn, within seconds; a broker
+restart fences a member at most once. Two restarts within a minute must not end the
+process, hence three."""
 
 _FENCED_CODES = frozenset(
     {
@@ -107,6 +140,9 @@ _FENCED_CODES = frozenset(
         KafkaError.INVALID_PRODUCER_EPOCH,
         KafkaError.FENCED_INSTANCE_ID,
     }
+)
+_PRODUCER_FENCED_CODES = frozenset(
+    {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
 )
 _UNKNOWN_TOPIC_CODES = frozenset(
     {KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION}
@@ -142,6 +178,8 @@ class _PartitionState:
     headers: list[tuple[str, bytes]]
     metadata: str
     pending: int | None = None
+    floor: int | None = None
+    """First source offset produced while no position was stored: where a rewind must go back to then."""
     """Next source offset once the open transaction commits."""
     batch_records: int = 0
     batch_bytes: int = 0
@@ -155,9 +193,10 @@ class _Batch:
     """What one transaction carries, for the commit and for the rewind of an abort."""
 
     touched: dict[_Key, _PartitionState] = field(default_factory=dict)
-    first_offsets: dict[_Key, int] = field(default_factory=dict)
     timestamps_ms: list[int] = field(default_factory=list)
     in_transaction: bool = False
+    committing: bool = False
+    """Offsets were added and the commit began: its outcome is known only to the broker if it fails."""
 
 
 @dataclass
@@ -198,7 +237,8 @@ class Replicator:
     metrics
         Where records, bytes, lag, latency, transactions and errors are counted.
     health
-        Liveness (beaten every loop) and readiness (source listed, target committing).
+        Liveness (beaten on progress: a committed transaction, or a turn with nothing to do) and
+        readiness (source listed, target committing, not stalled).
 
     Notes
     -----
@@ -212,7 +252,20 @@ class Replicator:
         self._health = health
         self._naming = settings.naming()
         self._selector = settings.selection.selector()
-        self._producer: Producer | None = None
+        self._txn: TransactionalProducer | None = None
+        self._producer_overrides: dict[str, Any] = {}
+        self._producers_built = 0
+        self._rebuilds_since_commit = 0
+        self._build_attempts = 0
+        self._next_build = 0.0
+        self._awaiting_fallback: dict[_Key, int] = {}
+        self._last_progress = time.monotonic()
+        self._last_problem = ""
+        self._stalled = False
+        self._rejoins: list[float] = []
+        self._lag_waiting = False
+        self._unfinished = False
+        """A batch failed and no transaction committed since: its records still wait."""
         self._coordinator: Consumer | None = None
         self._data: Consumer | None = None
         self._catalog: TopicCatalog | None = None
@@ -245,7 +298,7 @@ class Replicator:
         settings = self._settings
         # librdkafka's own log lines go through logging, hence structlog: one format in the service log.
         client_log = {"logger": logging.getLogger("mirror.librdkafka")}
-        overrides: dict[str, Any] = {
+        self._producer_overrides = {
             **client_log,
             "transaction.timeout.ms": settings.transaction_timeout_ms,
             "compression.type": settings.compression,
@@ -256,25 +309,10 @@ class Replicator:
             "queue.buffering.max.messages": max(100_000, 2 * settings.batch_max_records),
             "queue.buffering.max.kbytes": max(1_048_576, 2 * settings.batch_max_bytes // 1024),
         }
-        self._producer = make_producer(
-            settings.target, transactional_id=settings.transactional_id, overrides=overrides
-        )
-        if not self._retry_until_stopped(
-            "init_transactions", lambda: self._producer_().init_transactions(KAFKA_TIMEOUT_S)
-        ):
-            return
-        self._coordinator = make_consumer(
-            settings.target,
-            settings.effective_group_id,
-            read_committed=True,
-            overrides={
-                **client_log,
-                "group.instance.id": settings.instance,
-                "partition.assignment.strategy": "cooperative-sticky",
-                "session.timeout.ms": settings.session_timeout_ms,
-                "topic.metadata.refresh.interval.ms": max(1000, int(settings.discovery_interval_s * 1000)),
-            },
-        )
+        while not self._ensure_producer():
+            if self._stop.wait(max(0.0, self._next_build - time.monotonic())):
+                return
+        self._coordinator = self._new_coordinator()
         self._data = make_consumer(
             settings.source,
             None,
@@ -327,18 +365,163 @@ class Replicator:
         MirrorFatalError
             The clients cannot continue.
         """
-        self._health.beat()
         self._poll_group()
         now = time.monotonic()
         if now >= self._next_discovery:
             self._discover()
+        if not self._ensure_producer():
+            # Positions to re-read (a rebuild rewinds) or records known to wait: a stall.
+            self._check_stall(work_waiting=self._unfinished or bool(self._awaiting) or self._lag_waiting)
+            self._stop.wait(min(0.5, max(0.0, self._next_build - time.monotonic())))
+            return
         self._resolve_positions()
         messages = self._gather()
         if messages:
             self._mirror(messages)
         if time.monotonic() >= self._next_lag:
             self._update_lag()
+        self._check_stall(
+            work_waiting=bool(messages or self._awaiting or self._lag_waiting or self._unfinished)
+        )
         self._progress.maybe_log(len(self._owned))
+
+    def _check_stall(self, *, work_waiting: bool) -> None:
+        """Keep liveness and the ``stalled`` readiness reason true to the progress actually made.
+
+        Liveness is beaten only by progress: a committed transaction (see
+        :meth:`_committed`) or a turn with nothing to do. Turns that retry
+        without committing do not beat it, so after ``stall_limit_s`` of them
+        ``/healthz`` fails and the supervisor restarts the process.
+        """
+        if not work_waiting:
+            self._made_progress()
+            return
+        stalled_s = time.monotonic() - self._last_progress
+        if stalled_s > self._settings.stall_limit_s and not self._stalled:
+            self._stalled = True
+            message = (
+                f"no transaction committed for {stalled_s:.0f} s while records wait "
+                f"(stall limit {self._settings.stall_limit_s:.0f} s); "
+                f"last problem: {self._last_problem or 'none'}"
+            )
+            self._health.set_not_ready("stalled", message)
+            self._metrics.observe_error("stalled")
+            logger.error("mirror.stalled", stalled_s=round(stalled_s), last_problem=self._last_problem)
+
+    def _made_progress(self) -> None:
+        self._last_progress = time.monotonic()
+        self._health.beat()
+        if self._stalled:
+            self._stalled = False
+            self._health.set_ready("stalled")
+            logger.info("mirror.stall_over")
+
+    def _note_problem(self, what: str, error: BaseException | KafkaError) -> None:
+        self._last_problem = f"{what}: {error}"
+        self._metrics.observe_error(_error_name(error))
+
+    # -- the transactional producer -----------------------------------------------------------
+    def _ensure_producer(self) -> bool:
+        """Build and initialise the transactional producer if there is none; True once it is usable.
+
+        One attempt per call, so the loop keeps polling the group in between;
+        attempts are spaced by :data:`REBUILD_BACKOFF_S`.
+
+        Raises
+        ------
+        MirrorFatalError
+            Authentication, authorisation or fencing at initialisation, or too many
+            rebuilds without a committed transaction.
+        """
+        if self._txn is not None and self._txn.initialised:
+            return True
+        if time.monotonic() < self._next_build:
+            return False
+        if self._txn is None:
+            self._txn = TransactionalProducer(
+                make_producer(
+                    self._settings.target,
+                    transactional_id=self._settings.transactional_id,
+                    overrides=self._producer_overrides,
+                ),
+                self._settings.transaction_call_timeout_s,
+                self._producers_built,
+                on_retry=lambda error: self._note_problem("init_transactions", error),
+            )
+            self._producers_built += 1
+        try:
+            self._txn.init_transactions()
+        except KafkaException as error:
+            self._note_problem("init_transactions", error)
+            kafka_error = _kafka_error(error)
+            if classify_kafka_error(error) is KafkaErrorKind.fatal and (
+                kafka_error is None or not kafka_error.fatal() or kafka_error.code() in _FENCED_CODES
+            ):
+                raise self._fatal(error, "init_transactions") from error
+            self._health.set_not_ready("target", f"init_transactions: {error}")
+            self._rebuild_producer(f"init_transactions: {error}")
+            return False
+        except CallStuckError as error:
+            self._note_problem("init_transactions", error)
+            self._health.set_not_ready("target", str(error))
+            if self._txn.stuck:
+                self._rebuild_producer(str(error))
+            else:  # it returned, failing retriably (target unreachable): the same producer tries again
+                self._build_attempts += 1
+                delay = REBUILD_BACKOFF_S[min(self._build_attempts - 1, len(REBUILD_BACKOFF_S) - 1)]
+                self._next_build = time.monotonic() + delay
+                logger.warning(
+                    "mirror.retrying", operation="init_transactions", error=str(error), delay_s=delay
+                )
+            return False
+        self._next_build = 0.0
+        self._build_attempts = 0
+        self._health.set_ready("target")
+        logger.info(
+            "mirror.producer_ready",
+            transactional_id=self._settings.transactional_id,
+            generation=self._producers_built - 1,
+        )
+        return True
+
+    def _rebuild_producer(self, reason: str) -> None:
+        """Retire the transactional producer; the next turn builds another with the same transactional id.
+
+        Safe for exactly-once: the new producer's ``init_transactions`` bumps the
+        transactional id's epoch, which ends the old producer's open transaction
+        (aborted; or committed, if its commit had already reached the coordinator)
+        and fences the old producer, so nothing it still sends can land. Positions
+        are then read back from the target (:meth:`_rewind_to_stored`), never
+        assumed.
+
+        Raises
+        ------
+        MirrorFatalError
+            ``max_producer_rebuilds`` rebuilds without a committed transaction: exit,
+            so the supervisor starts a fresh process (and clients left stuck go with it).
+        """
+        txn = self._txn
+        self._txn = None
+        stuck = txn is not None and txn.stuck
+        if txn is not None:
+            txn.retire()
+        self._rebuilds_since_commit += 1
+        self._metrics.observe_error("producer_rebuilt")
+        delay = REBUILD_BACKOFF_S[min(self._rebuilds_since_commit - 1, len(REBUILD_BACKOFF_S) - 1)]
+        self._next_build = time.monotonic() + delay
+        logger.warning(
+            "mirror.producer_rebuilding",
+            reason=reason,
+            stuck_call=stuck,
+            rebuilds_since_commit=self._rebuilds_since_commit,
+            delay_s=delay,
+        )
+        if self._rebuilds_since_commit > self._settings.max_producer_rebuilds:
+            raise MirrorFatalError(
+                f"the transactional producer was rebuilt {self._rebuilds_since_commit} times without a "
+                f"committed transaction; the last reason: {reason}"
+            )
+        self._rewind_to_stored()
 
     def close(self) -> None:
         """Leave cleanly: no transaction is open between turns; consumers are closed, the producer flushed.
@@ -358,9 +541,10 @@ class Replicator:
         self._owned.clear()
         self._owned_by_target.clear()
         self._awaiting.clear()
-        if self._producer is not None:
-            self._close_quietly("producer", lambda: self._producer_().flush(5))
-            self._producer = None
+        self._awaiting_fallback.clear()
+        if self._txn is not None:
+            self._txn.close()
+            self._txn = None
         logger.info("mirror.stopped", instance=self._settings.instance)
 
     @staticmethod
@@ -376,10 +560,10 @@ class Replicator:
         return sorted(self._owned)
 
     # -- clients ------------------------------------------------------------------------------
-    def _producer_(self) -> Producer:
-        if self._producer is None:
-            raise RuntimeError("the replicator is not started")
-        return self._producer
+    def _txn_(self) -> TransactionalProducer:
+        if self._txn is None:
+            raise RuntimeError("the transactional producer is not ready")
+        return self._txn
 
     def _coordinator_(self) -> Consumer:
         if self._coordinator is None:
@@ -401,32 +585,68 @@ class Replicator:
             )
         return MirrorFatalError(message)
 
-    def _retry_until_stopped(self, what: str, operation: Callable[[], object]) -> bool:
-        """Run ``operation`` until it succeeds (True) or the service is stopped (False)."""
-        delay = 0.5
-        while True:
-            try:
-                operation()
-                self._health.set_ready("target")
-                return True
-            except KafkaException as error:
-                self._metrics.observe_error(_error_name(error))
-                if classify_kafka_error(error) is KafkaErrorKind.fatal:
-                    raise self._fatal(error, what) from error
-                self._health.set_not_ready("target", f"{what}: {error}")
-                logger.warning("mirror.retrying", operation=what, error=str(error), delay_s=delay)
-            if self._stop.wait(delay):
-                return False
-            self._health.beat()
-            delay = min(delay * 2, 10.0)
-
     # -- group and discovery ------------------------------------------------------------------
+    def _new_coordinator(self) -> Consumer:
+        settings = self._settings
+        return make_consumer(
+            settings.target,
+            settings.effective_group_id,
+            read_committed=True,
+            overrides={
+                "logger": logging.getLogger("mirror.librdkafka"),
+                "group.instance.id": settings.instance,
+                "partition.assignment.strategy": "cooperative-sticky",
+                "session.timeout.ms": settings.session_timeout_ms,
+                "topic.metadata.refresh.interval.ms": max(1000, int(settings.discovery_interval_s * 1000)),
+            },
+        )
+
+    def _rejoin_group(self, error: KafkaError) -> None:
+        """Replace a group consumer fenced out of its static membership; exit if it happens again soon.
+
+        After a restart of the target the group coordinator can fence this member's
+        own static membership (``_FATAL``: "fenced by other consumer with same
+        group.instance.id") though no other process runs; the consumer cannot continue.
+        It is called between transactions, so nothing is in flight: every partition is
+        rewound and a new consumer joins with the same ``group.instance.id``, gets the
+        partitions again and reads their stored positions. When another process does
+        run with this instance name, the two would fence each other in turn:
+        :data:`REJOIN_LIMIT` fences within :data:`REJOIN_WINDOW_S` end this process
+        (:class:`MirrorFencedError`); the older process is the one fenced first, hence the
+        one that reaches the limit first and exits.
+        """
+        now = time.monotonic()
+        self._rejoins = [at for at in self._rejoins if now - at < REJOIN_WINDOW_S] + [now]
+        if len(self._rejoins) >= REJOIN_LIMIT:
+            raise MirrorFencedError(
+                f"group membership on the target fenced {len(self._rejoins)} times within "
+                f"{REJOIN_WINDOW_S:.0f} s: {error} "
+                f"(another process runs as instance {self._settings.instance!r})"
+            )
+        logger.warning("mirror.group_rejoining", error=str(error))
+        self._rewind_to_stored()
+        self._awaiting.clear()  # the new member's assignment decides
+        old = self._coordinator
+        self._coordinator = self._new_coordinator()
+        if old is not None:
+            self._close_quietly("fenced coordinator", old.close)
+        self._subscribed = ()
+        self._next_discovery = 0.0  # subscribe the new member this turn
+
     def _poll_group(self) -> None:
         message = self._coordinator_().poll(0)
         error = message.error() if message is not None else None
         if error is not None:
             self._metrics.observe_error(_error_name(error))
-            if classify_kafka_error(error) is KafkaErrorKind.fatal:
+            # librdkafka reports a consumer fenced by another static member with the same
+            # group.instance.id as _FATAL (the client is done for) rather than FENCED_INSTANCE_ID.
+            if classify_kafka_error(error) is KafkaErrorKind.fatal or error.code() in (
+                KafkaError._FATAL,
+                KafkaError.FENCED_INSTANCE_ID,
+            ):
+                if error.code() == KafkaError.FENCED_INSTANCE_ID or "fenced" in error.str().lower():
+                    self._rejoin_group(error)
+                    return
                 raise self._fatal(error, "group membership on the target")
             logger.warning("mirror.group_error", error=str(error))
 
@@ -487,6 +707,7 @@ class Replicator:
         for tp in partitions:
             target_key = (tp.topic, tp.partition)
             self._awaiting.discard(target_key)
+            self._awaiting_fallback.pop(target_key, None)
             source_key = self._owned_by_target.pop(target_key, None)
             if source_key is None:
                 continue
@@ -524,6 +745,8 @@ class Replicator:
             if tp.error is not None or topic is None:
                 continue
             committed = tp.offset if tp.offset >= 0 else None
+            # After a rewind of a partition with no stored position yet: where its first batch began.
+            fallback = self._awaiting_fallback.pop(target_key, None)
             state = _PartitionState(
                 source_topic=topic.source,
                 partition=tp.partition,
@@ -543,9 +766,13 @@ class Replicator:
             self._owned[source_key] = state
             self._owned_by_target[target_key] = source_key
             self._awaiting.discard(target_key)
-            start.append(
-                TopicPartition(topic.source, tp.partition, initial if committed is None else committed)
-            )
+            if committed is not None:
+                position = committed
+            elif fallback is not None:
+                position = fallback
+            else:
+                position = initial
+            start.append(TopicPartition(topic.source, tp.partition, position))
             logger.info(
                 "mirror.partition_started",
                 topic=topic.source,
@@ -582,13 +809,14 @@ class Replicator:
             if not batch.in_transaction:
                 return
             self._commit(batch)
-        except KafkaException as error:
-            self._abort(messages, batch, error)
+        except (KafkaException, CallStuckError) as error:
+            self._fail_batch(batch, error)
             return
         self._committed(batch)
 
     def _produce_batch(self, messages: list[Message], batch: _Batch) -> None:
-        producer = self._producer_()
+        txn = self._txn_()
+        producer = txn.producer
         produce = producer.produce
         owned = self._owned
         for message in messages:
@@ -606,11 +834,13 @@ class Replicator:
             if state.pending is not None and offset < state.pending:
                 continue  # already in this or a committed transaction (re-fetched after a rewind)
             if not batch.in_transaction:
-                producer.begin_transaction()
+                txn.begin_transaction()
                 batch.in_transaction = True
+                queue_deadline = time.monotonic() + self._settings.transaction_call_timeout_s
             if key not in batch.touched:
                 batch.touched[key] = state  # type: ignore[index]
-                batch.first_offsets[key] = offset  # type: ignore[index]
+                if state.committed is None and state.floor is None:
+                    state.floor = offset
             record_headers = message.headers()
             headers = [*(record_headers or ()), *state.headers, (SOURCE_OFFSET_HEADER, b"%d" % offset)]
             timestamp_type, timestamp = message.timestamp()
@@ -632,6 +862,14 @@ class Replicator:
                     )
                     break
                 except BufferError:
+                    # The queue drains only while the target accepts records; a target that does
+                    # not is a failed batch, not a loop without end.
+                    if time.monotonic() > queue_deadline:
+                        raise CallStuckError(
+                            "the producer queue stayed full for "
+                            f"{self._settings.transaction_call_timeout_s:.0f} s: "
+                            "the target is not accepting records"
+                        ) from None
                     producer.poll(0.05)
             state.pending = offset + 1
             state.batch_records += 1
@@ -657,32 +895,15 @@ class Replicator:
         logger.warning("mirror.source_error", topic=topic, partition=partition, error=str(error))
 
     def _commit(self, batch: _Batch) -> None:
-        producer = self._producer_()
-        coordinator = self._coordinator_()
+        txn = self._txn_()
         positions = [
             TopicPartition(state.target_topic, state.partition, state.pending, state.metadata)
             for state in batch.touched.values()
             if state.pending is not None  # always set for a touched partition
         ]
-        self._with_retries(
-            lambda: producer.send_offsets_to_transaction(
-                positions, coordinator.consumer_group_metadata(), KAFKA_TIMEOUT_S
-            )
-        )
-        self._with_retries(lambda: producer.commit_transaction(KAFKA_TIMEOUT_S))
-
-    def _with_retries(self, operation: Callable[[], object]) -> None:
-        for attempt in range(RETRIES):
-            try:
-                operation()
-                return
-            except KafkaException as error:
-                if classify_kafka_error(error) is not KafkaErrorKind.retriable or attempt == RETRIES - 1:
-                    raise
-                self._metrics.observe_error(_error_name(error))
-                logger.warning("mirror.transaction_retry", attempt=attempt + 1, error=str(error))
-                self._health.beat()
-                time.sleep(min(0.2 * 2**attempt, 5.0))
+        txn.send_offsets_to_transaction(positions, self._coordinator_().consumer_group_metadata())
+        batch.committing = True
+        txn.commit_transaction()
 
     def _committed(self, batch: _Batch) -> None:
         now_ms = time.time() * 1000
@@ -703,43 +924,111 @@ class Replicator:
         for timestamp in batch.timestamps_ms:
             observe(max(0.0, (now_ms - timestamp) / 1000))
         self._consecutive_aborts = 0
+        self._rebuilds_since_commit = 0
+        self._unfinished = False
         self._health.set_ready("target")
+        self._made_progress()
 
-    def _abort(self, messages: list[Message], batch: _Batch, error: KafkaException) -> None:
-        """Abort the open transaction and rewind every partition of the batch to its stored position."""
-        self._metrics.observe_error(_error_name(error))
-        if classify_kafka_error(error) is KafkaErrorKind.fatal:
-            raise self._fatal(error, "mirror transaction") from error
-        logger.warning("mirror.transaction_aborting", error=str(error), partitions=len(batch.touched))
-        if batch.in_transaction:
+    def _fail_batch(self, batch: _Batch, error: KafkaException | CallStuckError) -> None:
+        """End a batch that could not commit: abort (or rebuild the producer), rewind, back off.
+
+        * abortable, or retriable past the call deadline: ``abort_transaction``; when
+          the abort fails or hangs too, when the deadline passed during the commit (librdkafka
+          refuses an abort while a commit is in progress), or when the batch before failed as
+          well (a producer whose calls keep timing out is wedged), the producer is rebuilt;
+        * a call that never returned, or a fatal producer state: the producer is rebuilt
+          (:meth:`_rebuild_producer`), which fences the old one and ends its transaction;
+        * fatal for another reason (authentication, authorisation, this instance fenced
+          by another process): :class:`MirrorFatalError`, the process exits.
+
+        Every partition then goes back to the position stored on the target, read
+        anew: after a failed commit the outcome is not known locally (the broker may
+        have committed), and the stored position is the truth either way.
+        """
+        self._note_problem("mirror transaction", error)
+        self._unfinished = True  # until a commit, or no lag on partitions owned again
+        self._health.set_not_ready("target", f"transaction failed: {error}")
+        rebuild = isinstance(error, CallStuckError) and self._txn_().stuck
+        if isinstance(error, KafkaException):
+            kafka_error = _kafka_error(error)
+            if classify_kafka_error(error) is KafkaErrorKind.fatal:
+                if kafka_error is None or not kafka_error.fatal() or self._fenced_by_other(kafka_error):
+                    raise self._fatal(error, "mirror transaction") from error
+                rebuild = True  # the producer's own fatal state (e.g. epoch lost in a broker restart)
+        if batch.committing and isinstance(error, CallStuckError):
+            # A commit that timed out is still in progress inside librdkafka: an abort is refused
+            # (_CONFLICT) until it ends. A new producer's init_transactions ends it at once instead.
+            rebuild = True
+        if self._consecutive_aborts >= 1:
+            # The batch before failed too: the producer may be wedged on a coordinator connection that
+            # will not recover (every call times out); a fresh one looks the coordinators up again.
+            rebuild = True
+        logger.warning(
+            "mirror.transaction_failed",
+            error=str(error),
+            partitions=len(batch.touched),
+            committing=batch.committing,
+            rebuild_producer=rebuild,
+        )
+        if not rebuild and batch.in_transaction:
             try:
-                self._with_retries(lambda: self._producer_().abort_transaction(KAFKA_TIMEOUT_S))
-            except KafkaException as abort_error:
-                # A restart aborts it for sure (init_transactions with the same transactional id).
-                raise self._fatal(abort_error, "aborting a transaction") from abort_error
-            self._metrics.transactions.labels(result=TransactionResult.aborted.value).inc()
-            self._progress.aborted += 1
-        # Every partition that had records in the batch goes back, produced or not yet.
-        first_seen: dict[_Key, int] = {}
-        for message in messages:
-            if message.error() is None:
-                first_seen.setdefault((message.topic(), message.partition()), message.offset())  # type: ignore[arg-type]
-        for key, first in first_seen.items():
-            state = self._owned.get(key)
-            if state is None:
-                continue
-            state.pending = state.committed
-            state.batch_records = state.batch_bytes = 0
-            self._reposition(
-                TopicPartition(key[0], key[1], state.committed if state.committed is not None else first)
-            )
+                self._txn_().abort_transaction()
+            except (KafkaException, CallStuckError) as abort_error:
+                self._note_problem("abort_transaction", abort_error)
+                if isinstance(abort_error, KafkaException) and self._fenced_by_other(
+                    _kafka_error(abort_error)
+                ):
+                    raise self._fatal(abort_error, "aborting a transaction") from abort_error
+                rebuild = True
+            else:
+                self._metrics.transactions.labels(result=TransactionResult.aborted.value).inc()
+                self._progress.aborted += 1
+        if rebuild:
+            self._rebuild_producer(str(error))  # rewinds too
+        else:
+            self._rewind_to_stored()
         self._consecutive_aborts += 1
-        self._health.set_not_ready("target", f"transaction aborted: {error}")
         if self._consecutive_aborts >= self._settings.max_consecutive_aborts:
             raise MirrorFatalError(
-                f"{self._consecutive_aborts} transactions in a row aborted, the last because of: {error}"
+                f"{self._consecutive_aborts} transactions in a row failed, the last because of: {error}"
             )
         self._stop.wait(min(0.1 * 2**self._consecutive_aborts, 5.0))
+
+    def _fenced_by_other(self, error: KafkaError | None) -> bool:
+        """Whether ``error`` says a newer producer took this instance's transactional id.
+
+        Only another process's ``init_transactions`` with the same transactional id
+        fences the current producer (a producer this process retired never initialises
+        again), so this ends the process at once, as before: the older of two processes
+        with one instance name is the one fenced, deterministically. (A broker restart
+        does not fence: a transaction the coordinator aborted meanwhile surfaces as an
+        abortable error.)
+        """
+        return error is not None and error.code() in _PRODUCER_FENCED_CODES
+
+    def _rewind_to_stored(self) -> None:
+        """Send every partition back to the position stored on the target, read anew before mirroring on.
+
+        What a restart would do, without the restart: the source consumer stops
+        reading the partitions, their stored positions are read with
+        ``require_stable`` (waiting for any transaction still open to end), and
+        reading starts again there. Records fetched beyond are dropped.
+        """
+        if not self._owned:
+            return
+        released: list[TopicPartition] = []
+        for target_key, source_key in list(self._owned_by_target.items()):
+            state = self._owned.pop(source_key, None)
+            if state is None:
+                continue
+            released.append(TopicPartition(*source_key))
+            self._awaiting.add(target_key)
+            if state.committed is None and state.floor is not None:
+                self._awaiting_fallback[target_key] = state.floor
+        self._owned_by_target.clear()
+        if released:
+            self._data_().incremental_unassign(released)
+        logger.info("mirror.rewound", partitions=len(released))
 
     def _reposition(self, position: TopicPartition) -> None:
         """Make the source consumer read ``position`` next; records it had fetched beyond are dropped.
@@ -757,6 +1046,7 @@ class Replicator:
     # -- lag ----------------------------------------------------------------------------------
     def _update_lag(self) -> None:
         self._next_lag = time.monotonic() + LAG_INTERVAL_S
+        self._lag_waiting = False
         if not self._owned:
             return
         data = self._data_()
@@ -778,6 +1068,10 @@ class Replicator:
             elif position < 0:
                 position = max(low, 0) if self._settings.initial_position == "earliest" else high
             self._metrics.set_lag(state.source_topic, state.partition, high - position)
+            if high > position:
+                self._lag_waiting = True
+        if not self._lag_waiting:
+            self._unfinished = False  # the failed batch's records went elsewhere (another instance)
 
     def _forget_lag(self, topic: str, partition: int) -> None:
         with contextlib.suppress(KeyError):

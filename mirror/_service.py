@@ -53,7 +53,8 @@ class MirrorService:
         self.settings = settings
         self.registry = registry or CollectorRegistry()
         self.metrics = MirrorMetrics(self.registry)
-        self.health = HealthState()
+        # Liveness is beaten only by progress (see Replicator._check_stall): it fails after the stall limit.
+        self.health = HealthState(liveness_timeout_s=settings.stall_limit_s)
         self.replicator = Replicator(settings, self.metrics, self.health)
         self._server = HealthServer(
             self.health, self.registry, host=settings.http_host, port=settings.http_port

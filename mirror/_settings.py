@@ -269,6 +269,31 @@ class MirrorSettings(BaseSettings):
         title="Transaction timeout",
         description="A transaction left open longer (a hung or killed instance) is aborted by the broker.",
     )
+    transaction_call_timeout_s: float = Field(
+        15.0,
+        ge=1.0,
+        le=300.0,
+        title="Transactional call deadline",
+        description="Deadline of each blocking transactional call (init, send offsets, commit, abort), "
+        "retries included. A call past it is given up: the transaction is aborted, or the producer rebuilt "
+        "when the call never returned (librdkafka can wait forever for a coordinator that is gone).",
+    )
+    stall_limit_s: float = Field(
+        120.0,
+        ge=10.0,
+        title="Stall limit",
+        description="/healthz fails (so the supervisor restarts the process) when no transaction was "
+        "committed for this long while records wait, and /readyz names the reason. Must leave room for "
+        "a rebuild of the producer: more than twice the transactional call deadline.",
+    )
+    max_producer_rebuilds: int = Field(
+        5,
+        ge=1,
+        title="Producer rebuilds before exit",
+        description="Rebuilds of the transactional producer without a committed transaction in between "
+        "before the process exits non-zero instead (each stuck call leaves a client behind until it "
+        "returns, so rebuilding forever would leak them).",
+    )
     session_timeout_ms: int = Field(
         10_000,
         ge=6_000,
@@ -331,6 +356,16 @@ class MirrorSettings(BaseSettings):
             raise ValueError(
                 f"source and target share {sorted(same_cluster)}: with the identity policy the mirror would "
                 "copy topics onto themselves; use policy: prefix or another target"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _stall_limit_leaves_room(self) -> MirrorSettings:
+        if self.stall_limit_s <= 2 * self.transaction_call_timeout_s:
+            raise ValueError(
+                f"stall_limit_s ({self.stall_limit_s}) must exceed twice transaction_call_timeout_s "
+                f"({self.transaction_call_timeout_s}): a stuck call is given up after one deadline and the "
+                "rebuilt producer needs another one before the mirror makes progress again"
             )
         return self
 

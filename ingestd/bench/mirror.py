@@ -67,6 +67,10 @@ class ToolResult:
     elapsed_s: float
     cpu_s: float | None
     records_per_cpu_s: float | None
+    startup_cpu_s: float | None
+    """CPU seconds used until the target topics existed (imports, connections, discovery)."""
+    cpu_us_per_record: float | None
+    """CPU after start-up per record, in microseconds: the cost that grows with traffic."""
     visible_records: int
     config: dict[str, Any] = field(default_factory=dict)
 
@@ -413,6 +417,7 @@ def _measure(
             time.sleep(0.05)
         # Both tools create their target topics once connected, right before they copy.
         ready = time.monotonic()
+        startup_cpu_s = _cpu_seconds(process.pid)
         consumer.assign([TopicPartition(name, p, 0) for name in targets for p in range(run.partitions)])
         count, first = 0, None
         while count < records:
@@ -440,6 +445,10 @@ def _measure(
         elapsed_s=round(done - began, 2),
         cpu_s=round(cpu_s, 2) if cpu_s is not None else None,
         records_per_cpu_s=round(records / cpu_s, 1) if cpu_s else None,
+        startup_cpu_s=round(startup_cpu_s, 2) if startup_cpu_s is not None else None,
+        cpu_us_per_record=round((cpu_s - startup_cpu_s) / records * 1e6, 1)
+        if cpu_s is not None and startup_cpu_s is not None
+        else None,
         visible_records=count,
         config=config,
     )

@@ -18,8 +18,10 @@ Prints one JSON document. Targets are stated in it, never asserted.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import os
+import resource
 import sys
 import time
 import uuid
@@ -71,7 +73,19 @@ def register(subparsers: Any) -> None:
         "--json", action="store_true", help="print JSON only (the default output is JSON too)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch database and topics")
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        default=None,
+        help="run ours under cProfile and write the statistics to FILE (read with python -m pstats)",
+    )
     parser.set_defaults(func=run)
+
+
+def _process_cpu_s() -> float:
+    """CPU seconds of this process so far, every thread (librdkafka's included), user + system."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _payload(index: int, rses: list[str]) -> dict[str, Any]:
@@ -194,6 +208,7 @@ def run(args: argparse.Namespace) -> int:
         create_rucio_tables,
         rucio_tables,
     )
+    from publisher._service import tune_gc
 
     # Figures go to standard output; only warnings (and worse) to standard error.
     configure_logging(LoggingSettings(level=os.environ.get("INGESTD_LOG_LEVEL", "WARNING")), service="bench")
@@ -247,12 +262,21 @@ def run(args: argparse.Namespace) -> int:
         worker.delivery._ensure_topics(
             site_map.topic_template.format(dst_rse=r, scope="dp2_prep") for r in rses
         )
+        tune_gc()  # as `ingestd publish` does once started
+        profile = cProfile.Profile() if args.profile else None
         began = time.perf_counter()
+        cpu_began = _process_cpu_s()
+        if profile is not None:
+            profile.enable()
         ours = 0
         batches = 0
         while (result := worker.publish_batch()).taken:
             ours += result.delivered
             batches += 1
+        if profile is not None:
+            profile.disable()
+            profile.dump_stats(args.profile)
+        ours_cpu_s = _process_cpu_s() - cpu_began
         ours_s = time.perf_counter() - began
         delivery.close()
 
@@ -269,6 +293,11 @@ def run(args: argparse.Namespace) -> int:
                 "messages": ours,
                 "seconds": round(ours_s, 3),
                 "messages_per_s": round(ours_rate, 1),
+                # The publisher's own CPU (PostgreSQL's and the broker's are not in it): what it
+                # costs on a shared host, whatever the wall-clock rate there.
+                "cpu_s": round(ours_cpu_s, 3),
+                "cpu_us_per_message": round(ours_cpu_s / ours * 1e6, 1) if ours else None,
+                "profiled": bool(args.profile),
                 "batch_size": args.batch_size,
                 "batches": batches,
                 "keys": "scope:name",

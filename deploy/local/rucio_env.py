@@ -134,6 +134,7 @@ def write_rucio_config(
     venv: Path,
     services: Sequence[str] = DEFAULT_SERVICES,
     schema: str | None = None,
+    pool_size: int = 2,
 ) -> Path:
     """Write ``rucio.cfg`` and its ``alembic.ini`` for one database; return the ``rucio.cfg`` path.
 
@@ -150,6 +151,10 @@ def write_rucio_config(
         ``[hermes] services_list``: one ``messages`` row is written per service and event.
     schema
         Rucio's ``[database] schema``; None for the default ``public`` schema.
+    pool_size
+        ``[database] pool_size`` and ``max_overflow``: a REST server answering several
+        requests at once needs more than the default 2 (one ``list_replicas`` holds two
+        connections), or its threads wait for each other's connections.
     """
     directory.mkdir(parents=True, exist_ok=True)
     url = _rucio_url(database_url)
@@ -173,7 +178,7 @@ def write_rucio_config(
 
     config = configparser.ConfigParser(interpolation=None)
     config["common"] = {"logdir": str(directory / "log"), "loglevel": "WARNING"}
-    config["database"] = {"default": url, "pool_size": "2", "max_overflow": "2"}
+    config["database"] = {"default": url, "pool_size": str(pool_size), "max_overflow": str(pool_size)}
     if schema:
         config["database"]["schema"] = schema
     config["bootstrap"] = {
@@ -362,6 +367,66 @@ class RucioEnv:
                          account=InternalAccount("root"))
             """,
             {"rse": rse, "files": [dict(f) for f in files]},
+        )
+
+    def add_rse_protocol(self, rse: str, *, scheme: str, hostname: str, port: int, prefix: str) -> None:
+        """Give ``rse`` a read/write/delete protocol, so ``list_replicas`` builds PFNs for its replicas.
+
+        With the test configuration's ``hash`` algorithm a file's PFN is
+        ``{scheme}://{hostname}:{port}{prefix}{scope}/{xx}/{yy}/{name}``.
+        """
+        self.run(
+            """
+            from rucio.core.rse import add_protocol, get_rse_id
+            from rucio.db.sqla.session import get_session
+            domains = {"lan": {"read": 1, "write": 1, "delete": 1},
+                       "wan": {"read": 1, "write": 1, "delete": 1, "third_party_copy_read": 1,
+                               "third_party_copy_write": 1}}
+            with get_session()() as session, session.begin():
+                add_protocol(get_rse_id(data["rse"], vo="def", session=session), {
+                    "scheme": data["scheme"], "hostname": data["hostname"], "port": data["port"],
+                    "prefix": data["prefix"], "impl": "rucio.rse.protocols.xrootd.Default",
+                    "domains": domains}, session=session)
+            """,
+            {"rse": rse, "scheme": scheme, "hostname": hostname, "port": port, "prefix": prefix},
+        )
+
+    def add_replicas_in_chunks(
+        self, rse: str, files: Sequence[Mapping[str, Any]], *, chunk_size: int = 5_000
+    ) -> None:
+        """Like :meth:`add_files_with_metadata` for many files: one process, one transaction per chunk."""
+        self.run(
+            """
+            from rucio.common.types import InternalAccount, InternalScope
+            from rucio.core.replica import add_replicas
+            from rucio.core.rse import get_rse_id
+            from rucio.db.sqla.session import get_session
+            rse_id = get_rse_id(data["rse"], vo="def")
+            items = data["files"]
+            for start in range(0, len(items), data["chunk"]):
+                chunk = []
+                for item in items[start:start + data["chunk"]]:
+                    entry = dict(item)
+                    entry["scope"] = InternalScope(entry["scope"])
+                    chunk.append(entry)
+                with get_session()() as session, session.begin():
+                    add_replicas(rse_id=rse_id, files=chunk, account=InternalAccount("root"), session=session)
+            """,
+            {"rse": rse, "files": [dict(f) for f in files], "chunk": chunk_size},
+            timeout_s=3_600.0,
+        )
+
+    def delete_replicas(self, rse: str, dids: Sequence[tuple[str, str]]) -> None:
+        """Remove the replicas of ``dids`` at ``rse`` (the files stay in the catalogue)."""
+        self.run(
+            """
+            from rucio.common.types import InternalScope
+            from rucio.core.replica import delete_replicas
+            from rucio.core.rse import get_rse_id
+            delete_replicas(rse_id=get_rse_id(data["rse"], vo="def"),
+                            files=[{"scope": InternalScope(s), "name": n} for s, n in data["dids"]])
+            """,
+            {"rse": rse, "dids": [list(did) for did in dids]},
         )
 
     @contextlib.contextmanager

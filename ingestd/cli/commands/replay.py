@@ -1,10 +1,12 @@
 """``ingestd replay``: feed past events through the engine (backfills, demos).
 
-From a JSON-lines file (one HermesK message per line), or from Kafka topics
+From a JSON-lines file (one HermesK message per line), from Kafka topics
 between two offsets or times, read without a consumer group so the live daemon
-is not disturbed. Replaying is idempotent: what is already registered is
-reported ``already_present``. With ``--sample`` it replays the bundled sample
-events into the embedded SQLite registry, with no server at all.
+is not disturbed, or from Rucio's catalogue (the replicas at an RSE, for a
+facility whose events Kafka no longer holds; see docs/BACKFILL.md). Replaying is
+idempotent: what is already registered is reported ``already_present``. With
+``--sample`` it replays the bundled sample events into the embedded SQLite
+registry, with no server at all.
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ def register(subparsers: Any) -> None:
         "--from-file", type=Path, metavar="FILE", help="JSON-lines file of events ('-' for stdin)"
     )
     where.add_argument("--from-kafka", action="store_true", help="read Kafka topics without a consumer group")
+    where.add_argument(
+        "--from-rucio",
+        action="store_true",
+        help="rebuild the events of the replicas at --rse from Rucio's catalogue (resumable backfill)",
+    )
     where.add_argument(
         "--sample",
         action="store_true",
@@ -65,7 +72,10 @@ def register(subparsers: Any) -> None:
         "--start-offset", type=int, default=None, metavar="N", help="first offset of each partition"
     )
     start.add_argument(
-        "--since", default=None, metavar="TIME", help="first record at or after TIME (ISO 8601 or 6h)"
+        "--since",
+        default=None,
+        metavar="TIME",
+        help="first record at or after TIME (ISO 8601 or 6h); --from-rucio: replicas updated since TIME",
     )
     end = parser.add_mutually_exclusive_group()
     end.add_argument(
@@ -73,6 +83,29 @@ def register(subparsers: Any) -> None:
     )
     end.add_argument(
         "--until", default=None, metavar="TIME", help="stop at the first record at or after TIME"
+    )
+    rucio = parser.add_argument_group("--from-rucio")
+    rucio.add_argument("--rse", default=None, metavar="RSE", help="the RSE whose replicas are backfilled")
+    rucio.add_argument(
+        "--scope",
+        dest="scopes",
+        action="append",
+        default=[],
+        metavar="SCOPE",
+        help="list the files of this scope (repeatable; default: every scope)",
+    )
+    rucio.add_argument(
+        "--dataset", default=None, metavar="SCOPE:NAME", help="only the files of this dataset or container"
+    )
+    rucio.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where the listing and checkpoint are kept (default: ~/.local/state/ingestd/backfill)",
+    )
+    rucio.add_argument(
+        "--restart", action="store_true", help="discard an unfinished backfill's state and start afresh"
     )
     progress = parser.add_mutually_exclusive_group()
     progress.add_argument(
@@ -107,6 +140,14 @@ def run(args: argparse.Namespace) -> int:
             print(f"ingestd replay: {error}", file=sys.stderr)
             return ExitCode.failure
         config = config or sample_config
+    if args.from_rucio:
+        return _run_from_rucio(args)
+    if args.rse or args.scopes or args.dataset or args.state_dir or args.restart:
+        print(
+            "ingestd replay: --rse, --scope, --dataset, --state-dir and --restart need --from-rucio",
+            file=sys.stderr,
+        )
+        return ExitCode.config
     if not args.from_kafka and (
         args.topics
         or args.start_offset is not None
@@ -136,6 +177,46 @@ def run(args: argparse.Namespace) -> int:
         topics=args.topics,
         start=start,
         end=end,
+        show_progress=args.progress,
+        summary_json=args.json,
+    )
+
+
+def _run_from_rucio(args: argparse.Namespace) -> int:
+    """``--from-rucio``: the backfill of one RSE from Rucio's catalogue."""
+    from ingestd.backfill import BackfillRequest, run_backfill
+    from ingestd.config import ConfigurationError
+    from ingestd.daemon import ExitCode, load_for_command, parse_time
+
+    if args.topics or args.start_offset is not None or args.end_offset is not None or args.until:
+        print("ingestd replay: --topics, offsets and --until do not apply to --from-rucio", file=sys.stderr)
+        return ExitCode.config
+    if args.resume_marker is not None:
+        print("ingestd replay: --from-rucio keeps its checkpoint under --state-dir", file=sys.stderr)
+        return ExitCode.config
+    if not args.rse:
+        print("ingestd replay: --from-rucio needs --rse RSE", file=sys.stderr)
+        return ExitCode.config
+    overrides: dict[str, Any] = {}
+    if args.registry_url:
+        overrides["registry"] = {"url": args.registry_url}
+    try:
+        settings = load_for_command(args.config, **overrides)
+        request = BackfillRequest(
+            rse=args.rse,
+            scopes=tuple(args.scopes),
+            dataset=args.dataset,
+            since=parse_time(args.since) if args.since else None,
+        )
+    except (ConfigurationError, ValueError) as error:
+        print(f"ingestd replay: {error}", file=sys.stderr)
+        return ExitCode.config
+    return run_backfill(
+        settings,
+        settings.rucio,
+        request,
+        state_dir=args.state_dir,
+        restart=args.restart,
         show_progress=args.progress,
         summary_json=args.json,
     )

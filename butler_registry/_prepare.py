@@ -13,6 +13,7 @@ import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from ._records import CanonicalRecord, RecordError, canonical_record, data_key, json_scalar
@@ -135,8 +136,17 @@ class _TypePlan:
 
 
 def _type_plan(universe: Universe, spec: DatasetTypeSpec) -> _TypePlan:
-    key = normalise_dataset_type(universe, spec.name, spec.dimensions, spec.storage_class)
-    required = tuple((name, universe.key_type(name) == "int") for name in key.dimensions)
+    return _type_plan_of(universe, spec.name, tuple(spec.dimensions), spec.storage_class)
+
+
+@lru_cache(maxsize=4096)
+def _type_plan_of(
+    universe: Universe, name: str, dimensions: tuple[str, ...], storage_class: str
+) -> _TypePlan:
+    # Memoised across batches: the dimension closure behind it took ~0.5 ms per type and
+    # batch, and every zip of a daemon batch is a batch of its own.
+    key = normalise_dataset_type(universe, name, dimensions, storage_class)
+    required = tuple((dimension, universe.key_type(dimension) == "int") for dimension in key.dimensions)
     return _TypePlan(key, required, universe.group(key.dimensions))
 
 

@@ -36,6 +36,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Final, Literal
 
+from ingestd.mapping import existing_real_path
+
 __all__ = [
     "DEFAULT_BUFFER_BYTES",
     "FileCheck",
@@ -119,7 +121,7 @@ def _normalise_expected_adler(value: str) -> str:
 def _within(path: Path, root: str | os.PathLike[str]) -> str | None:
     """The real path when it leaves the real ``root``, else ``None``."""
     real_root = os.path.realpath(root)
-    real = os.path.realpath(path)
+    real = existing_real_path(os.fspath(path)) or os.path.realpath(path)
     if real == real_root or real.startswith(real_root.rstrip("/") + "/"):
         return None
     return real

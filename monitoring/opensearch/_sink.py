@@ -34,7 +34,7 @@ from ingestd.log import get_logger
 from ingestd.work import EventReport
 from monitoring.metrics import DocumentResult, IngestMetrics
 
-from ._documents import PreparedDocument, prepare
+from ._documents import PreparedDocument, bulk_body, prepare
 from ._settings import OpenSearchSettings
 from ._template import install_template, make_client
 
@@ -321,11 +321,7 @@ class EventSink:
         from opensearchpy.exceptions import TransportError
 
         self._ensure_template()
-        body: list[dict[str, Any]] = []
-        for pending in batch:
-            document = pending.document
-            body.append({"index": {"_index": document.index, "_id": document.id}})
-            body.append(document.source)
+        body = bulk_body(pending.document for pending in batch)
         try:
             response = self._client.bulk(body=body)
         except OpenSearchConnectionError as error:

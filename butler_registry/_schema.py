@@ -34,6 +34,8 @@ __all__ = [
     "DIMENSION_RECORD",
     "IMPORT_LOG",
     "METADATA",
+    "PENDING_EVENT",
+    "PENDING_WAIT",
     "SCHEMA_VERSION",
 ]
 
@@ -151,4 +153,40 @@ IMPORT_LOG = sa.Table(
     sa.Column("event_time", Timestamp),
     sa.Column("imported_at", Timestamp, nullable=False, server_default=sa.func.now()),
     comment="One row per dim_file/zip_file import that wrote something: provenance of bulk imports.",
+)
+
+PENDING_EVENT = sa.Table(
+    "ingestd_pending",
+    METADATA,
+    sa.Column("key", sa.String(128), primary_key=True, comment="dataset:<uuid> or event:<sha256 of bytes>"),
+    sa.Column("value", sa.LargeBinary, nullable=False, comment="the raw event, unchanged"),
+    sa.Column("message_key", sa.LargeBinary, comment="Kafka key of the event"),
+    sa.Column("source", sa.String(16), nullable=False, comment="where the event was first read"),
+    sa.Column("topic", sa.String(256)),
+    sa.Column("partition", sa.Integer),
+    sa.Column("offset", sa.BigInteger),
+    sa.Column("line", sa.BigInteger),
+    sa.Column("error_class", sa.String(64), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("first_parked_at", Timestamp, nullable=False),
+    sa.Column("last_parked_at", Timestamp, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_attempt_at", Timestamp, nullable=False, index=True),
+    sa.Column("lease_until", Timestamp, comment="a daemon is re-driving the event until then"),
+    comment="Events parked until the dimension records they need arrive (ingestd pending).",
+)
+
+PENDING_WAIT = sa.Table(
+    "ingestd_pending_wait",
+    METADATA,
+    sa.Column(
+        "pending_key",
+        sa.String(128),
+        sa.ForeignKey("ingestd_pending.key", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("element", sa.String(64), primary_key=True),
+    sa.Column("data_key", sa.String(512), primary_key=True, comment="as in dimension_record"),
+    sa.Index("ingestd_pending_wait_record", "element", "data_key"),
+    comment="The dimension records each parked event waits for.",
 )

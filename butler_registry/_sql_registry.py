@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -16,10 +17,11 @@ from ._access import grant_readonly
 from ._butler_yaml import ExportContents, ExportFormatError, read_export
 from ._cache import BoundedCache
 from ._datasets import MAX_SINGLE_STATEMENT_ROWS
-from ._dimensions import DataIdChecker, DimensionStore
+from ._dimensions import DataIdChecker, DimensionStore, RecordKey, record_references
 from ._engine import WRITE_OPTIONS, Backend, backend_of, create_registry_engine, translate_errors
 from ._export import ExportSummary, write_export
 from ._migrate import check_schema, schema_state, upgrade
+from ._overlay import TransactionCaches
 from ._prepare import PreparedBatch, prepare_batch
 from ._records import CanonicalRecord, RecordError, canonical_record
 from ._schema import (
@@ -34,9 +36,11 @@ from ._schema import (
     IMPORT_LOG,
 )
 from ._writer import BatchWriter, Learned, RegistryCaches
-from ._zip import ZipFormatError, read_zip
+from ._zip import ZipContents, ZipFormatError, read_zip
 from .interface import (
     DatasetRecord,
+    ImportKind,
+    ImportRequest,
     ImportResult,
     ItemResult,
     ItemStatus,
@@ -67,6 +71,19 @@ class _RollbackError(Exception):
     def __init__(self, result: ImportResult) -> None:
         super().__init__(result.reason)
         self.result = result
+
+
+@dataclass(frozen=True, slots=True)
+class _Reading:
+    """A file of an import, parsed and checked without the database."""
+
+    request: ImportRequest
+    records: list[CanonicalRecord]
+    """The export's records, or the zip's (which all of its datasets share)."""
+    prepared: PreparedBatch | None
+    """The file's datasets (``None`` for an export without datasets)."""
+    export: ExportContents | None = None
+    zipped: ZipContents | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,34 +172,7 @@ class SqlRegistry(Registry):
         ``invalid``; in each case nothing is written. Datasets of the file are then
         registered as a batch would be (per-item results in ``datasets``).
         """
-        started = time.perf_counter()
-        try:
-            contents = read_export(Path(export_file), self.universe, provenance)
-            records = self._canonical_records(contents.records)
-        except (ExportFormatError, RecordError, UniverseError, OSError) as error:
-            return ImportResult(ItemStatus.invalid, reason=f"{Path(export_file).name}: {error}")
-        for ignored in contents.ignored:
-            _log.warning("registry_import_entry_ignored", file=str(export_file), entry=ignored)
-        try:
-            with translate_errors("importing a Butler export"), self._writer.begin() as connection:
-                writer = BatchWriter(self.universe, self._caches, connection, self._checker)
-                outcome = self._import_contents(writer, contents, records)
-                if outcome.records_inserted or writer.learned.datasets_inserted:
-                    self._log_import(connection, "dim_file", export_file, writer.learned, provenance)
-        except _RollbackError as rollback:
-            return rollback.result
-        writer.learned.apply(self._caches)
-        result = self._import_result(outcome)
-        _log.info(
-            "registry_dimensions_imported",
-            file=str(export_file),
-            status=str(result.status),
-            records_inserted=result.dimension_records_inserted,
-            records_present=result.dimension_records_present,
-            datasets=len(result.datasets),
-            seconds=round(time.perf_counter() - started, 3),
-        )
-        return result
+        return self.import_files([ImportRequest(ImportKind.dimensions, Path(export_file), provenance)])[0]
 
     def import_zip(self, zip_file: Path, provenance: Provenance | None = None) -> ImportResult:
         """Register the datasets of a Butler zip, with file records pointing inside it.
@@ -192,37 +182,140 @@ class SqlRegistry(Registry):
         even when another one conflicts; the overall status is the most severe one
         (invalid > conflict > missing_dimensions > inserted > already_present).
         """
+        return self.import_files([ImportRequest(ImportKind.zip, Path(zip_file), provenance)])[0]
+
+    def import_files(self, requests: Sequence[ImportRequest]) -> list[ImportResult]:
+        """Import several files in one transaction, each in a savepoint; see :meth:`Registry.import_files`.
+
+        Every file is read and checked without the database first (an unreadable one is
+        ``invalid`` and costs no statement). Then one transaction looks up every
+        dimension record the files name in one statement, writes each dimension export
+        in a savepoint (a refused one rolls back its own savepoint only; a zip's items
+        fail one by one and need none), logs the imports in one multi-row insert and
+        commits once: a small import costs a few statements instead of a transaction of
+        its own. A transient failure rolls the whole list back (nothing is cached).
+        """
+        readings: list[ImportResult | _Reading] = [self._read_import(request) for request in requests]
+        results: list[ImportResult | None] = [
+            reading if isinstance(reading, ImportResult) else None for reading in readings
+        ]
+        to_write = [(index, r) for index, r in enumerate(readings) if not isinstance(r, ImportResult)]
+        if to_write:
+            self._write_imports(requests, to_write, results)
+        final = [result for result in results if result is not None]
+        assert len(final) == len(requests)
+        return final
+
+    def _read_import(self, request: ImportRequest) -> ImportResult | _Reading:
+        """Parse one file and settle what needs no database (``invalid`` files end here)."""
+        path = Path(request.path)
+        if request.kind is ImportKind.dimensions:
+            try:
+                contents = read_export(path, self.universe, request.provenance)
+                records = self._canonical_records(contents.records)
+            except (ExportFormatError, RecordError, UniverseError, OSError) as error:
+                return ImportResult(ItemStatus.invalid, reason=f"{path.name}: {error}")
+            for ignored in contents.ignored:
+                _log.warning("registry_import_entry_ignored", file=str(path), entry=ignored)
+            prepared = prepare_batch(self.universe, contents.datasets) if contents.datasets else None
+            return _Reading(request, records, prepared, export=contents)
         try:
-            contents = read_zip(Path(zip_file), self.universe, provenance)
-            shared = self._canonical_records(contents.records)
+            zipped = read_zip(path, self.universe, request.provenance)
+            shared = self._canonical_records(zipped.records)
         except (ZipFormatError, RecordError, UniverseError, OSError, KeyError, ValueError) as error:
-            return ImportResult(ItemStatus.invalid, reason=f"{Path(zip_file).name}: {error}")
-        for warning in contents.warnings:
-            _log.warning("registry_zip_records_skipped", file=str(zip_file), reason=warning)
-        prepared = prepare_batch(self.universe, contents.datasets)
-        with translate_errors("importing a Butler zip"), self._writer.begin() as connection:
-            writer = BatchWriter(self.universe, self._caches, connection, self._checker)
-            results = writer.write(prepared, shared)
-            inserted_ids = {r.dataset_id for r in results.values() if r.status is ItemStatus.inserted}
-            components = [c for c in contents.components if c.dataset_id in inserted_ids]
-            if components:
-                connection.execute(
-                    sa.insert(DATASET_FILE),
-                    [
-                        {
-                            "dataset_id": c.dataset_id,
-                            "component": c.component,
-                            "path": c.file.path,
-                            "file_size": c.file.size,
-                            "formatter": c.file.formatter,
-                        }
-                        for c in components
-                    ],
+            return ImportResult(ItemStatus.invalid, reason=f"{path.name}: {error}")
+        for warning in zipped.warnings:
+            _log.warning("registry_zip_records_skipped", file=str(path), reason=warning)
+        return _Reading(request, shared, prepare_batch(self.universe, zipped.datasets), zipped=zipped)
+
+    def _prefetch_keys(self, readings: Iterable[_Reading]) -> set[RecordKey]:
+        """Every dimension record the files carry, refer to, or whose data IDs need."""
+        keys: set[RecordKey] = set()
+        for reading in readings:
+            for record in reading.records:
+                keys.add((record.element, record.key))
+                keys.update(record_references(self.universe, record))
+            if reading.prepared is not None:
+                for item in reading.prepared.items:
+                    keys.update(
+                        self._checker.likely_keys(
+                            item.dataset_type.dimensions, item.data_id, item.given_implied
+                        )
+                    )
+        return keys
+
+    def _write_imports(
+        self,
+        requests: Sequence[ImportRequest],
+        to_write: Sequence[tuple[int, _Reading]],
+        results: list[ImportResult | None],
+    ) -> None:
+        """Write the readable files in one transaction, each in a savepoint, filling ``results``."""
+        seconds: dict[int, float] = {}
+        log_rows: list[dict[str, object]] = []
+        transaction = TransactionCaches(self._caches)
+        with translate_errors("importing Butler files"), self._writer.begin() as connection:
+            transaction.prefetch(connection, self._prefetch_keys(reading for _index, reading in to_write))
+            for index, reading in to_write:
+                started = time.perf_counter()
+                writer = BatchWriter(self.universe, transaction.caches, connection, self._checker)
+                if reading.export is None:
+                    # A zip never rolls back: its items fail one by one, as in a register batch.
+                    results[index] = self._write_reading(writer, reading)
+                else:
+                    try:
+                        with connection.begin_nested():
+                            results[index] = self._write_reading(writer, reading)
+                    except _RollbackError as rollback:
+                        results[index] = rollback.result
+                        continue
+                transaction.learn(writer.learned)
+                if writer.learned.records_inserted or writer.learned.datasets_inserted:
+                    log_rows.append(self._import_log_row(requests[index], writer.learned))
+                seconds[index] = time.perf_counter() - started
+            if log_rows:
+                connection.execute(sa.insert(IMPORT_LOG), log_rows)
+        transaction.commit()
+        for index, reading in to_write:
+            result = results[index]
+            if reading.export is not None and result is not None and index in seconds:
+                _log.info(
+                    "registry_dimensions_imported",
+                    file=str(reading.request.path),
+                    status=str(result.status),
+                    records_inserted=result.dimension_records_inserted,
+                    records_present=result.dimension_records_present,
+                    datasets=len(result.datasets),
+                    seconds=round(seconds[index], 3),
                 )
-            if writer.learned.records_inserted or writer.learned.datasets_inserted:
-                self._log_import(connection, "zip_file", zip_file, writer.learned, provenance)
-        writer.learned.apply(self._caches)
-        items = tuple(results[index] for index in range(len(contents.datasets)))
+
+    def _write_reading(self, writer: BatchWriter, reading: _Reading) -> ImportResult:
+        """Write one file on the writer's connection (inside its savepoint)."""
+        if reading.export is not None:
+            return self._import_result(
+                self._import_contents(writer, reading.export, reading.records, reading.prepared)
+            )
+        assert reading.zipped is not None
+        assert reading.prepared is not None
+        zipped = reading.zipped
+        results = writer.write(reading.prepared, reading.records)
+        inserted_ids = {r.dataset_id for r in results.values() if r.status is ItemStatus.inserted}
+        components = [c for c in zipped.components if c.dataset_id in inserted_ids]
+        if components:
+            writer.connection.execute(
+                sa.insert(DATASET_FILE),
+                [
+                    {
+                        "dataset_id": c.dataset_id,
+                        "component": c.component,
+                        "path": c.file.path,
+                        "file_size": c.file.size,
+                        "formatter": c.file.formatter,
+                    }
+                    for c in components
+                ],
+            )
+        items = tuple(results[index] for index in range(len(zipped.datasets)))
         learned = writer.learned
         return self._import_result(_ImportOutcome(learned.records_inserted, learned.records_present, items))
 
@@ -237,7 +330,11 @@ class SqlRegistry(Registry):
         return records
 
     def _import_contents(
-        self, writer: BatchWriter, contents: ExportContents, records: Sequence[CanonicalRecord]
+        self,
+        writer: BatchWriter,
+        contents: ExportContents,
+        records: Sequence[CanonicalRecord],
+        prepared: PreparedBatch | None,
     ) -> _ImportOutcome:
         conflicts, missing, inserted, present = writer.write_records(records)
         if conflicts:
@@ -256,8 +353,7 @@ class SqlRegistry(Registry):
         self._import_collections(writer, contents)
         datasets: tuple[ItemResult, ...] = ()
         if contents.datasets:
-            prepared: PreparedBatch = prepare_batch(self.universe, contents.datasets)
-            results = writer.write(prepared)
+            results = writer.write(prepared or prepare_batch(self.universe, contents.datasets))
             datasets = tuple(results[index] for index in range(len(contents.datasets)))
         if contents.associations:
             self._import_associations(writer.connection, contents)
@@ -339,24 +435,22 @@ class SqlRegistry(Registry):
                 connection.execute(sa.insert(DATASET_TAG), rows)
 
     @staticmethod
-    def _log_import(
-        connection: sa.Connection, kind: str, path: Path, learned: Learned, provenance: Provenance | None
-    ) -> None:
-        connection.execute(
-            sa.insert(IMPORT_LOG).values(
-                kind=kind,
-                path=str(path),
-                records_inserted=learned.records_inserted,
-                datasets_inserted=learned.datasets_inserted,
-                source=provenance.source if provenance else None,
-                topic=provenance.topic if provenance else None,
-                partition=provenance.partition if provenance else None,
-                offset=provenance.offset if provenance else None,
-                transfer_id=provenance.transfer_id if provenance else None,
-                rse=provenance.rse if provenance else None,
-                event_time=provenance.event_time if provenance else None,
-            )
-        )
+    def _import_log_row(request: ImportRequest, learned: Learned) -> dict[str, object]:
+        """The ``import_log`` row of a file that wrote something."""
+        provenance = request.provenance
+        return {
+            "kind": request.kind.value,
+            "path": str(request.path),
+            "records_inserted": learned.records_inserted,
+            "datasets_inserted": learned.datasets_inserted,
+            "source": provenance.source if provenance else None,
+            "topic": provenance.topic if provenance else None,
+            "partition": provenance.partition if provenance else None,
+            "offset": provenance.offset if provenance else None,
+            "transfer_id": provenance.transfer_id if provenance else None,
+            "rse": provenance.rse if provenance else None,
+            "event_time": provenance.event_time if provenance else None,
+        }
 
     @staticmethod
     def _import_result(outcome: _ImportOutcome) -> ImportResult:
@@ -416,6 +510,36 @@ class SqlRegistry(Registry):
             dataset_types=int(types),
             dimension_records={element: records[element] for element in self.universe.sorted(records)},
         )
+
+    def iter_dataset_files(
+        self, path_prefix: str, *, chunk_size: int = 10_000
+    ) -> Iterator[tuple[uuid.UUID, str]]:
+        """Stream ``(dataset id, path)`` of the files under ``path_prefix``; see the contract.
+
+        Keyset pagination on the file table's primary key: each chunk is one short
+        query, so no transaction stays open while the caller works on the rows.
+        """
+        escaped = path_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        after: tuple[uuid.UUID, str] | None = None
+        last: uuid.UUID | None = None
+        while True:
+            query = (
+                sa.select(DATASET_FILE.c.dataset_id, DATASET_FILE.c.component, DATASET_FILE.c.path)
+                .where(DATASET_FILE.c.path.like(escaped + "%", escape="\\"))
+                .order_by(DATASET_FILE.c.dataset_id, DATASET_FILE.c.component)
+                .limit(chunk_size)
+            )
+            if after is not None:
+                query = query.where(sa.tuple_(DATASET_FILE.c.dataset_id, DATASET_FILE.c.component) > after)
+            with translate_errors("listing dataset files"), self.engine.connect() as connection:
+                rows = connection.execute(query).all()
+            for dataset_id, _component, path in rows:
+                if dataset_id != last:  # a dataset stored by component has several rows
+                    last = dataset_id
+                    yield dataset_id, path
+            if len(rows) < chunk_size:
+                return
+            after = (rows[-1][0], rows[-1][1])
 
     def export(self, stream: IO[str], runs: Sequence[str] | None = None) -> ExportSummary:
         """Write a Butler export YAML (all of the registry, or the datasets of ``runs``).

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -41,6 +41,8 @@ __all__ = [
     "DatasetRecord",
     "DatasetTypeSpec",
     "FileInfo",
+    "ImportKind",
+    "ImportRequest",
     "ImportResult",
     "ItemResult",
     "ItemStatus",
@@ -178,6 +180,24 @@ class ImportResult:
     reason: str | None = None
 
 
+class ImportKind(StrEnum):
+    """The two kinds of file a registry imports whole."""
+
+    dimensions = "dim_file"
+    """A Butler export YAML (:meth:`Registry.import_dimensions`)."""
+    zip = "zip_file"
+    """A Butler zip (:meth:`Registry.import_zip`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ImportRequest:
+    """One file of a batched import (:meth:`Registry.import_files`)."""
+
+    kind: ImportKind
+    path: Path
+    provenance: Provenance | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class RegistryStats:
     """Counts for ``ingestd registry stats`` and the readiness probe."""
@@ -248,6 +268,33 @@ class Registry(ABC):
     def import_zip(self, zip_file: Path, provenance: Provenance | None = None) -> ImportResult:
         """Register every dataset of a Butler zip (``Butler.retrieve_artifacts_zip``), idempotently."""
 
+    def import_files(self, requests: Sequence[ImportRequest]) -> list[ImportResult]:
+        """Import several files, in order, each with its own result.
+
+        Each file keeps the semantics of :meth:`import_dimensions` or
+        :meth:`import_zip` (a refused dimension export writes nothing of itself), and
+        one refused file does not spoil the others; a later file sees what an earlier
+        one wrote (dimension exports before the zips that need their records).
+        Implementations may write the whole list in one transaction, which is why
+        the daemon calls this rather than one method per file: most of the cost of
+        a small import is its commit.
+
+        The default calls the per-file methods one after the other.
+
+        Raises
+        ------
+        TransientRegistryError
+            The database is away; files before the failing one may have been
+            committed (imports are idempotent, so the caller repeats the whole list).
+        """
+        results: list[ImportResult] = []
+        for request in requests:
+            if request.kind is ImportKind.dimensions:
+                results.append(self.import_dimensions(request.path, request.provenance))
+            else:
+                results.append(self.import_zip(request.path, request.provenance))
+        return results
+
     @abstractmethod
     def ping(self) -> None:
         """Check the registry is reachable and its schema is usable.
@@ -263,6 +310,23 @@ class Registry(ABC):
     @abstractmethod
     def stats(self) -> RegistryStats:
         """Counts of what the registry holds."""
+
+    def iter_dataset_files(
+        self, path_prefix: str, *, chunk_size: int = 10_000
+    ) -> Iterator[tuple[uuid.UUID, str]]:
+        """Stream ``(dataset id, file path)`` of every dataset whose file lies under ``path_prefix``.
+
+        For reconciliation against Rucio (``ingestd reconcile``): read in chunks of
+        ``chunk_size`` rows, so memory stays flat however large the registry. Zip
+        members come as ``<zip path>#zip-path=<member>``. Implementations that cannot
+        list their files raise :class:`NotImplementedError` (the default).
+
+        Raises
+        ------
+        TransientRegistryError
+            The database is away.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot list its datasets by file path")
 
     def close(self) -> None:  # noqa: B027 - optional hook, most implementations need it
         """Release connections."""

@@ -55,6 +55,7 @@ from pydantic_settings import (
 from butler_registry.daf._settings import DafButlerSettings
 from ingestd.kafka import KafkaConnection
 from ingestd.log import LoggingSettings
+from ingestd.rucio_client import RucioSettings
 from ingestd.sitemap import SiteMap
 from ingestd.work import ButlerKind
 from monitoring.opensearch import OpenSearchSettings
@@ -410,6 +411,39 @@ class DeadLetterSettings(_Section):
             "was parked, for an operator to look at."
         ),
     )
+    park_store: Literal["registry", "retry_topic"] = Field(
+        "registry",
+        title="Where events waiting for dimension records are parked",
+        description=(
+            "registry: in the registry database (table ingestd_pending), with what each event waits "
+            "for, so the arrival of the records re-drives them at once and `ingestd pending` lists "
+            "them; retry_topic: in the retry topic, re-driven on the timer only. The real Butler "
+            "(registry.backend daf_butler) always uses the retry topic. Files not visible yet always "
+            "wait in the retry topic."
+        ),
+        examples=["registry"],
+    )
+    park_poll_interval_s: float = Field(
+        2.0,
+        gt=0,
+        le=600,
+        title="How often parked events are checked (seconds)",
+        description=(
+            "Every this often the daemon re-drives parked events whose records now exist (imported by "
+            "another daemon, or by `ingestd registry import`) and those whose retry time has come. "
+            "Records imported by this daemon re-drive their events at once."
+        ),
+    )
+    park_lease_s: float = Field(
+        30.0,
+        ge=5,
+        le=3_600,
+        title="Re-drive lease of a parked event (seconds)",
+        description=(
+            "A daemon re-driving parked events holds them this long, so other daemons of the group "
+            "leave them alone; a daemon that dies mid-re-drive releases them when it expires."
+        ),
+    )
     delivery_timeout_s: float = Field(
         30.0,
         gt=0,
@@ -653,6 +687,11 @@ class IngestdSettings(BaseSettings):
     logging: LoggingSettings = Field(default_factory=LoggingSettings, title="Logging")
     opensearch: OpenSearchSettings = Field(
         default_factory=OpenSearchSettings, title="OpenSearch event documents"
+    )
+    rucio: RucioSettings = Field(
+        default_factory=RucioSettings,
+        title="Rucio REST API",
+        description="For `replay --from-rucio` and `reconcile`; unset fields come from rucio.cfg.",
     )
 
     @classmethod

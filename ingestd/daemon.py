@@ -22,7 +22,7 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -265,6 +265,7 @@ def run_daemon(
                 health=health,
                 metrics=pipeline.metrics,
                 retry_topic=settings.dead_letters.retry_topic_name,
+                pending=pipeline.pending,
             )
             stats = runner.run()
             logger.info("daemon_stopped", reason=stop.reason, **stats.as_dict())
@@ -303,8 +304,12 @@ def _finite_run(
     out: TextIO,
     ensure_topics: bool,
     admit: Admission | None = None,
+    describe: Callable[[], Mapping[str, object]] | None = None,
 ) -> int:
-    """Run a finite source to its end with the shared engine; print progress and a summary."""
+    """Run a finite source to its end with the shared engine; print progress and a summary.
+
+    ``describe`` adds the source's own figures to the summary (a backfill's listing counts).
+    """
     stop = StopToken(settings.lifecycle.shutdown_timeout_s)
     pipeline: Pipeline | None = None
     reporter = ProgressReporter(source.progress, tty=show_progress) if show_progress is not False else None
@@ -346,13 +351,18 @@ def _finite_run(
             if pipeline is not None:
                 pipeline.close()
     assert pipeline is not None
+    extra = dict(describe()) if describe is not None else {}
     if summary_json:
         out.write(
-            json.dumps({"what": what, **stats.as_dict(), "dead_letters": pipeline.dead_letters.description})
+            json.dumps(
+                {"what": what, **stats.as_dict(), "dead_letters": pipeline.dead_letters.description, **extra}
+            )
         )
         out.write("\n")
     else:
         out.write(format_summary(stats, what=what, dead_letters=pipeline.dead_letters.description) + "\n")
+        for key, value in extra.items():
+            out.write(f"  {key:16} {value}\n")
     if stop.requested:
         print(
             f"{what} interrupted ({stop.reason}); what was done is kept, run it again to finish",

@@ -290,6 +290,15 @@ INGEST_SPECS: Final = _for_service(
             "Events parked, waiting for dimension records or a file not yet visible.",
         ),
         _spec_row(
+            "parked_oldest_age_seconds", "gauge", (),
+            "Age of the longest-waiting event parked in the registry database (0 when none is parked).",
+        ),
+        _spec_row(
+            "redriven_total", "counter", ("result",),
+            "Parked events re-driven from the registry database, by the outcome of the re-drive.",
+            f"result: {_OUTCOME_VALUES}",
+        ),
+        _spec_row(
             "opensearch_documents_total", "counter", ("result",),
             "Event documents for OpenSearch, by what became of them.",
             f"result: {_values(DocumentResult)}",
@@ -448,6 +457,8 @@ class IngestMetrics:
         self.kafka_errors = _counter(registry, specs, "kafka_errors")
         self.retries = _counter(registry, specs, "retries")
         self.parked = _gauge(registry, specs, "parked_events")
+        self.parked_oldest_age = _gauge(registry, specs, "parked_oldest_age_seconds")
+        self.redriven = _counter(registry, specs, "redriven")
         self.opensearch_documents = _counter(registry, specs, "opensearch_documents")
         self.opensearch_buffered = _gauge(registry, specs, "opensearch_buffered_documents")
         self.build_info = _gauge(registry, specs, "build_info")
@@ -460,6 +471,8 @@ class IngestMetrics:
             self.retries.labels(stage=stage.value)
         for result in DocumentResult:
             self.opensearch_documents.labels(result=result.value)
+        for outcome in Outcome:
+            self.redriven.labels(result=outcome.value)
         for facility in facilities:
             label = self.facility_label(facility)
             self.registered_bytes.labels(facility=label)
@@ -476,21 +489,35 @@ class IngestMetrics:
             Final reports of one batch, after its offsets were committed (so a
             crash before the commit never counts an event twice in one process).
         """
+        # Counted per batch and label set, then added once each: a labelled child lookup
+        # takes a lock and hashes its labels, which per event was most of this method.
         latest_success: datetime | None = None
+        facilities: dict[str | None, str] = {}
+        kinds: dict[object, str] = {}
+        events: dict[tuple[str, str, str], int] = {}
+        dead_letters: dict[str, int] = {}
+        registered_bytes: dict[str, int] = {}
+        latencies: dict[str, list[float]] = {}
         for report in reports:
             summary = report.summary
             outcome = Outcome(report.outcome)
-            facility = self.facility_label(summary.facility)
-            self.events.labels(outcome=outcome.value, facility=facility, kind=kind_label(summary.kind)).inc()
+            facility = facilities.get(summary.facility)
+            if facility is None:
+                facility = facilities[summary.facility] = self.facility_label(summary.facility)
+            kind = kinds.get(summary.kind)
+            if kind is None:
+                kind = kinds[summary.kind] = kind_label(summary.kind)
+            key = (outcome.value, facility, kind)
+            events[key] = events.get(key, 0) + 1
             if outcome in DEAD_LETTER_OUTCOMES:
                 error_class = report.error_class or outcome.value
-                self.dead_letters.labels(error_class=self.error_class_label(error_class)).inc()
+                dead_letters[error_class] = dead_letters.get(error_class, 0) + 1
             if outcome is Outcome.registered:
                 if summary.size is not None and summary.size > 0:
-                    self.registered_bytes.labels(facility=facility).inc(summary.size)
+                    registered_bytes[facility] = registered_bytes.get(facility, 0) + summary.size
                 if summary.transferred_at is not None and report.committed_at is not None:
                     latency = (report.committed_at - summary.transferred_at).total_seconds()
-                    self.end_to_end_latency.labels(facility=facility).observe(max(latency, 0.0))
+                    latencies.setdefault(facility, []).append(max(latency, 0.0))
             committed_at = report.committed_at
             if (
                 outcome in SUCCESS_OUTCOMES
@@ -498,6 +525,16 @@ class IngestMetrics:
                 and (latest_success is None or committed_at > latest_success)
             ):
                 latest_success = committed_at
+        for (outcome_value, facility, kind), count in events.items():
+            self.events.labels(outcome=outcome_value, facility=facility, kind=kind).inc(count)
+        for error_class, count in dead_letters.items():
+            self.dead_letters.labels(error_class=self.error_class_label(error_class)).inc(count)
+        for facility, size in registered_bytes.items():
+            self.registered_bytes.labels(facility=facility).inc(size)
+        for facility, values in latencies.items():
+            histogram = self.end_to_end_latency.labels(facility=facility)
+            for value in values:
+                histogram.observe(value)
         if latest_success is not None:
             with self._last_success_lock:
                 self._last_success_ts = max(self._last_success_ts, latest_success.timestamp())

@@ -11,11 +11,13 @@ from ._engine import Admission, BatchResult, Decoded, Engine, Planner
 from ._errors import BatchAbandonedError, EngineError, FatalEngineError
 from ._observers import Observer, ObserverDispatcher
 from ._parking import FILE_NOT_VISIBLE, ParkingPolicy, ParkingVerdict
+from ._pending import PENDING_SOURCE, PendingQueue, event_key
 from ._runner import Runner, RunStats
 from ._verify import CheckVerdict, FileToCheck, FileVerifier, Verifier
 
 __all__ = [
     "FILE_NOT_VISIBLE",
+    "PENDING_SOURCE",
     "Admission",
     "Backoff",
     "BatchAbandonedError",
@@ -32,10 +34,12 @@ __all__ = [
     "ParkingPolicy",
     "ParkingVerdict",
     "Pausable",
+    "PendingQueue",
     "Planner",
     "Retrier",
     "RunStats",
     "Runner",
     "StopToken",
     "Verifier",
+    "event_key",
 ]

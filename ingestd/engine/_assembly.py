@@ -38,6 +38,7 @@ from ._engine import Admission, Engine, Planner
 from ._errors import FatalEngineError
 from ._observers import Observer
 from ._parking import ParkingPolicy
+from ._pending import PendingQueue
 from ._verify import FileVerifier, Verifier
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "ensure_dead_letter_topics",
     "make_dead_letter_writer",
     "make_parking",
+    "make_pending",
     "make_planner",
     "make_rules",
     "make_verifier",
@@ -194,6 +196,26 @@ def make_parking(settings: IngestdSettings) -> ParkingPolicy:
     )
 
 
+def make_pending(settings: IngestdSettings, registry: Registry) -> PendingQueue | None:
+    """Where events waiting for dimension records are parked: the registry database, when it can.
+
+    The real Butler's database has no table of ours: with it (or with
+    ``dead_letters.park_store: retry_topic``) they wait in the retry topic instead.
+    """
+    from butler_registry import SqlRegistry
+    from butler_registry._pending import PendingStore
+
+    dead_letters = settings.dead_letters
+    if dead_letters.park_store != "registry" or not isinstance(registry, SqlRegistry):
+        return None
+    return PendingQueue(
+        PendingStore(registry.engine),
+        registry.universe,
+        poll_interval_s=dead_letters.park_poll_interval_s,
+        lease_s=dead_letters.park_lease_s,
+    )
+
+
 @dataclass
 class Pipeline:
     """The engine and everything it owns, closed together."""
@@ -208,6 +230,8 @@ class Pipeline:
     stop: StopToken
     verifier: Verifier | None = None
     observers: list[Observer] = field(default_factory=list)
+    pending: PendingQueue | None = None
+    """Events parked in the registry database (None: they wait in the retry topic)."""
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Flush dead letters and event documents, release the registry; never raises."""
@@ -279,6 +303,7 @@ def build_pipeline(
     planner = make_planner(rules)
     writer = make_dead_letter_writer(settings)
     verifier = make_verifier(settings, rules)
+    pending = make_pending(settings, registry)
     engine = Engine(
         registry=registry,
         planner=planner,
@@ -288,6 +313,7 @@ def build_pipeline(
         verifier=verifier,
         metrics=metrics,
         admit=admit,
+        pending=pending,
     )
     sink: EventSink | NullSink = make_sink(settings.opensearch, metrics) if opensearch else NullSink()
     sink.start()
@@ -303,6 +329,7 @@ def build_pipeline(
         stop=stop,
         verifier=verifier,
         observers=observers,
+        pending=pending,
     )
 
 

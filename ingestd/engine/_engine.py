@@ -8,14 +8,19 @@ Stages, always in this order (ARCHITECTURE, invariants 1 and 2):
    poison record cannot stop a partition).
 2. **verify** (optional) — files exist with the announced size and checksum; a
    file not visible yet is parked, a mismatch rejected.
-3. **register** — imports first (``dim_file`` before ``zip_file``, so the batch's
-   own dimension records are usable), then one ``register`` call, one
+3. **register** — imports first, in one ``import_files`` call (``dim_file`` before
+   ``zip_file``, so the batch's own dimension records are usable; one by one if
+   that call fails unexpectedly), then one ``register`` call, one
    transaction, for every dataset of the batch. Each registry status maps to one
    outcome; a registry call that raises something unexpected is bisected until
    the one item that makes it raise is found and dead-lettered (when every item
    fails alike, the registry itself is broken: the engine stops instead).
 4. **dead letters** — rejected and conflicting events to the dead-letter topic,
    parked ones to the retry topic; the engine waits until each is confirmed.
+   With a pending store (:mod:`ingestd.engine._pending`), events waiting for
+   dimension records are parked in the registry database instead, with the
+   records they wait for, and an import that added records asks for the events
+   waiting on them to be re-driven.
 
 Only then does the caller acknowledge the source (:mod:`ingestd.engine._runner`).
 A transient failure in any stage (database or broker away) is retried in place
@@ -32,8 +37,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
+from butler_registry._pending import PendingEvent
 from butler_registry.interface import (
     DatasetRecord,
+    ImportKind,
+    ImportRequest,
     ImportResult,
     ItemResult,
     ItemStatus,
@@ -68,6 +76,7 @@ from monitoring.metrics import IngestMetrics, Stage
 from ._control import Pausable, Retrier
 from ._errors import EngineError, FatalEngineError
 from ._parking import FILE_NOT_VISIBLE, ParkingPolicy
+from ._pending import PendingQueue
 from ._verify import FileToCheck, Verifier
 
 __all__ = ["Admission", "BatchResult", "Decoded", "Engine", "Planner"]
@@ -91,6 +100,9 @@ _STATUS_OUTCOMES: dict[ItemStatus, tuple[Outcome, str | None]] = {
 
 _FATAL_REGISTRY_ERRORS = (SchemaVersionError, RegistryConfigurationError)
 
+MISSING_DIMENSIONS = "missing_dimensions"
+"""Error class of an event waiting for dimension records (parked in the pending store when there is one)."""
+
 T = TypeVar("T")
 
 
@@ -105,6 +117,8 @@ class _Item:
     reason: str | None = None
     waiting_for_file: bool = False
     """Parked because its file is not there (yet): the file-arrival time limit applies."""
+    missing: tuple[str, ...] = ()
+    """Parked for missing dimension records: the registry's names of them (``visit:HSC/330``)."""
 
     @property
     def summary(self) -> EventSummary:
@@ -159,6 +173,9 @@ class Engine:
     admit
         Passes records over before decoding (the dead-letter re-drive's filters);
         they end ``skipped`` and are acknowledged in order with their batch.
+    pending
+        Where events waiting for dimension records are parked; None parks them in
+        the retry topic like files not visible yet.
     """
 
     def __init__(
@@ -172,8 +189,10 @@ class Engine:
         verifier: Verifier | None = None,
         metrics: IngestMetrics | None = None,
         admit: Admission | None = None,
+        pending: PendingQueue | None = None,
     ) -> None:
         self.admit = admit
+        self.pending = pending
         self.registry = registry
         self.planner = planner
         self.dead_letters = dead_letters
@@ -236,8 +255,10 @@ class Engine:
         with self._timed(Stage.register, durations):
             self._register(items, source)
         with self._timed(Stage.dead_letter, durations):
-            letters = self._letters(items)
+            letters, parked = self._letters(items)
             self._deliver(letters, source)
+            if parked:
+                self._park(parked, source)
         committed_at = datetime.now(UTC)
         reports = [
             EventReport(
@@ -302,8 +323,8 @@ class Engine:
         dims = [item for item in open_items if isinstance(item.planned, ImportDimensions)]
         zips = [item for item in open_items if isinstance(item.planned, ImportZip)]
         datasets = [item for item in open_items if isinstance(item.planned, RegisterDataset)]
-        for item in dims + zips:
-            self._import(item, source)
+        if dims or zips:
+            self._import_all(dims + zips, source)
         if datasets:
             records = [_dataset(item.planned) for item in datasets]
             results = self._register_datasets(records, source)
@@ -374,7 +395,44 @@ class Engine:
             reason = f"missing dimension records {', '.join(result.missing)}" + (
                 f": {reason}" if reason else ""
             )
+            item.missing = tuple(result.missing)
         item.settle(outcome, error_class, reason)
+
+    def _import_all(self, items: list[_Item], source: Pausable) -> None:
+        """Import the batch's files with one registry call (exports first), one outcome per file.
+
+        Most of a small import's cost is its commit, so the registry gets the whole
+        list (:meth:`Registry.import_files`). A call that raises something unexpected
+        (a registry bug, a file that makes it raise) is not pinned on every file: the
+        files are imported one by one instead, each with its own outcome.
+        """
+        requests = [_import_request(item.planned) for item in items]
+        try:
+            results = self._registry_call(lambda: self.registry.import_files(requests), source)
+        except EngineError:
+            raise
+        except Exception as error:
+            if self.metrics is not None:
+                self.metrics.observe_error(self.metrics.registry_errors, error)
+            logger.warning(
+                "registry_import_batch_failed_one_by_one",
+                files=len(items),
+                error=str(error),
+                error_type=type(error).__name__,
+            )
+            if self.pending is not None:
+                # A registry that commits file by file may have added records before it raised;
+                # re-importing those reports nothing new, so say now that records arrived.
+                self.pending.records_arrived()
+            for item in items:
+                self._import(item, source)
+            return
+        if len(results) != len(items):
+            raise FatalEngineError(
+                f"registry returned {len(results)} results for {len(items)} files (registry bug)"
+            )
+        for item, result in zip(items, results, strict=True):
+            self._settle_import(item, result)
 
     def _import(self, item: _Item, source: Pausable) -> None:
         planned = item.planned
@@ -404,19 +462,29 @@ class Engine:
                 Outcome.rejected, "import_failed", f"{what} {planned.path}: {type(error).__name__}: {error}"
             )
             return
+        self._settle_import(item, result)
+
+    def _settle_import(self, item: _Item, result: ImportResult) -> None:
+        planned = item.planned
         outcome, error_class = _STATUS_OUTCOMES[result.status]
         if result.status is ItemStatus.invalid:
             error_class = "invalid_export" if isinstance(planned, ImportDimensions) else "invalid_zip"
         reason = result.reason
-        if result.status is ItemStatus.missing_dimensions and not reason:
+        if result.status is ItemStatus.missing_dimensions:
             missing = sorted({m for dataset in result.datasets for m in dataset.missing})
-            reason = f"missing dimension records {', '.join(missing)}"
+            item.missing = tuple(missing)
+            if not reason:
+                reason = f"missing dimension records {', '.join(missing)}"
+        if result.dimension_records_inserted and self.pending is not None:
+            self.pending.records_arrived()
         item.settle(outcome, error_class, reason)
 
     # -- dead letters --------------------------------------------------------------------------
 
-    def _letters(self, items: list[_Item]) -> list[DeadLetter]:
+    def _letters(self, items: list[_Item]) -> tuple[list[DeadLetter], list[PendingEvent]]:
+        """Dead letters and retry-topic copies to deliver, and rows of events parked in the pending store."""
         letters: list[DeadLetter] = []
+        parked: list[PendingEvent] = []
         for item in items:
             outcome = item.outcome
             if outcome is Outcome.parked:
@@ -427,7 +495,16 @@ class Engine:
                     waiting_for_file=item.waiting_for_file,
                 )
                 item.settle(verdict.outcome, item.error_class, verdict.reason)
-                letters.append(verdict.letter)
+                if (
+                    self.pending is not None
+                    and verdict.outcome is Outcome.parked
+                    and item.error_class == MISSING_DIMENSIONS
+                ):
+                    parked.append(
+                        self.pending.row(item.record, item.planned, verdict.letter.info, item.missing)
+                    )
+                else:
+                    letters.append(verdict.letter)
             elif outcome in (Outcome.rejected, Outcome.conflict):
                 assert outcome is not None
                 letters.append(
@@ -438,7 +515,13 @@ class Engine:
                         reason=item.reason or outcome.value,
                     )
                 )
-        return letters
+        return letters, parked
+
+    def _park(self, parked: list[PendingEvent], source: Pausable) -> None:
+        """Write the batch's parked events to the pending store before the batch is acknowledged."""
+        pending = self.pending
+        assert pending is not None
+        self._registry_call(lambda: pending.park(parked), source)
 
     def _deliver(self, letters: list[DeadLetter], source: Pausable) -> None:
         if not letters:
@@ -473,6 +556,12 @@ class Engine:
 def _dataset(planned: Planned) -> DatasetRecord:
     assert isinstance(planned, RegisterDataset)
     return planned.record
+
+
+def _import_request(planned: Planned) -> ImportRequest:
+    assert isinstance(planned, ImportDimensions | ImportZip)
+    kind = ImportKind.dimensions if isinstance(planned, ImportDimensions) else ImportKind.zip
+    return ImportRequest(kind, planned.path, planned.provenance)
 
 
 def _file_to_check(planned: Planned) -> FileToCheck | None:

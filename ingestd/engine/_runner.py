@@ -12,16 +12,23 @@ acknowledged only after :meth:`Engine.process` returned, i.e. after the registry
 committed and every dead letter was confirmed; observers (metrics, OpenSearch,
 progress) see the reports only after the acknowledgement, and can neither block
 nor fail the loop.
+
+Between batches, and while the source is idle, the runner also re-drives events
+parked in the registry database (:mod:`ingestd.engine._pending`) through the same
+engine: their rows are deleted only after the engine returned, exactly as a
+source is acknowledged.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from butler_registry.interface import TransientRegistryError
 from ingestd.log import get_logger
 from ingestd.sources import KafkaGroupSource, RawRecord, Source, TransientSourceError
 from ingestd.work import EventReport, Outcome
@@ -31,6 +38,7 @@ from monitoring.metrics import IngestMetrics, Stage
 from ._control import Retrier, StopToken
 from ._engine import Decoded, Engine
 from ._observers import Observer, ObserverDispatcher
+from ._pending import PendingQueue
 
 __all__ = ["Observer", "RunStats", "Runner"]
 
@@ -119,6 +127,10 @@ class Runner:
         How often consumer lag is measured (group sources).
     read_ahead
         Decode the records that already arrived while the current batch is written.
+    pending
+        Events parked in the registry database, re-driven between batches (the daemon).
+    redrive_batches
+        Most batches of parked events re-driven in one go, so live events keep flowing.
     """
 
     def __init__(
@@ -136,6 +148,8 @@ class Runner:
         registry_ping_interval_s: float = 30.0,
         lag_interval_s: float = 15.0,
         read_ahead: bool = True,
+        pending: PendingQueue | None = None,
+        redrive_batches: int = 5,
     ) -> None:
         self.engine = engine
         self.source = source
@@ -155,6 +169,11 @@ class Runner:
         self._last_lag = 0.0
         self._lag_series: set[tuple[str, int]] = set()
         self.stats = RunStats()
+        self.pending = pending
+        self._redrive_batches = redrive_batches
+        self._last_pending_gauge = 0.0
+        self._retry_parked = 0
+        self._store_parked = 0
 
     def run(self) -> RunStats:
         """Process batches until the source is exhausted or a stop is requested.
@@ -274,7 +293,10 @@ class Runner:
             self.metrics.observe_error(self.metrics.kafka_errors, error)
 
     def _maintain(self, *, idle: bool) -> None:
-        """Readiness, lag and an idle registry ping; never raises."""
+        """Readiness, lag, an idle registry ping, and the re-drive of parked events.
+
+        Only the re-drive may raise, exactly as a batch would (fatal errors, a stop during a back-off).
+        """
         if self.health is not None:
             ready, reason = self.source.readiness()
             if ready:
@@ -286,8 +308,79 @@ class Runner:
         if self.metrics is not None and isinstance(self.source, KafkaGroupSource) and lag_due:
             self._last_lag = now
             self._report_lag(self.source, self.metrics)
+        if self.pending is not None:
+            self._redrive(self.pending)
+            refresh = max(self.pending.poll_interval_s, 5.0)
+            if self.metrics is not None and now - self._last_pending_gauge >= refresh:
+                self._last_pending_gauge = now
+                self._report_pending(self.pending, self.metrics)
         if idle and now - self.engine.last_registry_success >= self._ping_interval:
             self._ping()
+
+    def _redrive(self, pending: PendingQueue) -> None:
+        """Run due parked events through the engine, then delete the rows of those that did not park again.
+
+        The source in hand is kept alive while a stage backs off (it is not
+        acknowledged: its records are not part of these batches).
+        """
+        for _ in range(self._redrive_batches):
+            if self.stop.requested or not pending.due:
+                return
+            records = self.retrier.call(
+                Stage.batch,
+                lambda: pending.collect(self.max_events),
+                transient=(TransientRegistryError,),
+                source=self.source,
+                health_key="registry",
+                on_error=self._registry_error,
+            )
+            if not records:
+                return
+            started = time.perf_counter()
+            try:
+                result = self.engine.process(records, self.source)
+            except BaseException:
+                pending.forget(records)  # their leases expire; another turn takes them again
+                raise
+            self.retrier.call(
+                Stage.commit,
+                functools.partial(pending.acknowledge, records),
+                transient=(TransientRegistryError,),
+                source=self.source,
+                health_key="registry",
+                on_error=self._registry_error,
+            )
+            self.stats.batches += 1
+            self.stats.events += len(result.reports)
+            self.stats.busy_s += time.perf_counter() - started
+            self.stats.outcomes.update(report.outcome for report in result.reports)
+            if self.metrics is not None:
+                for report in result.reports:
+                    self.metrics.redriven.labels(result=report.outcome.value).inc()
+            self._observe(result.reports)
+            logger.info(
+                "parked_batch_redriven",
+                events=len(records),
+                registered=result.count(Outcome.registered),
+                already_present=result.count(Outcome.already_present),
+                parked=result.count(Outcome.parked),
+                dead_lettered=result.count(Outcome.rejected) + result.count(Outcome.conflict),
+                seconds=round(time.perf_counter() - started, 3),
+            )
+
+    def _report_pending(self, pending: PendingQueue, metrics: IngestMetrics) -> None:
+        try:
+            summary = pending.summary()
+        except Exception as error:
+            logger.warning("parked_count_failed", error=str(error), error_type=type(error).__name__)
+            return
+        self._store_parked = summary.events
+        metrics.parked.set(summary.events + self._retry_parked)
+        metrics.parked_oldest_age.set(pending.oldest_age_s(summary))
+
+    def _registry_error(self, error: BaseException) -> None:
+        if self.metrics is not None:
+            self.metrics.observe_error(self.metrics.registry_errors, error)
 
     def _report_lag(self, source: KafkaGroupSource, metrics: IngestMetrics) -> None:
         try:
@@ -307,8 +400,9 @@ class Runner:
         self._lag_series = reported
         if self.retry_topic is not None:
             # Events waiting in the retry topic for this group (partitions paused until their
-            # not-before time count what they held when last fetched).
-            metrics.parked.set(parked)
+            # not-before time count what they held when last fetched), plus those in the registry.
+            self._retry_parked = parked
+            metrics.parked.set(parked + self._store_parked)
 
     def _ping(self) -> None:
         try:

@@ -153,8 +153,22 @@ def _rows() -> list[tuple[str, list[_Panel]]]:
         ),
         _Panel(
             "Parked events",
-            "Events waiting for dimension records or files not yet visible.",
-            [(f"sum by (instance) (ingestd_parked_events{{{d}}})", "{{instance}}")],
+            "Events waiting for dimension records or files not yet visible, and parked events re-driven "
+            "per second by outcome (`ingestd pending` lists what they wait for).",
+            [
+                (f"sum by (instance) (ingestd_parked_events{{{d}}})", "{{instance}}"),
+                (
+                    f"sum by (result) (rate(ingestd_redriven_total{{{d}}}[$__rate_interval]))",
+                    "re-driven {{result}}/s",
+                ),
+            ],
+        ),
+        _Panel(
+            "Oldest parked event",
+            "How long the longest-waiting parked event has waited for its dimension records "
+            "(dead-lettered at the parking horizon, 24 h by default).",
+            [(f"max by (instance) (ingestd_parked_oldest_age_seconds{{{d}}})", "{{instance}}")],
+            unit="s",
         ),
         _Panel(
             "OpenSearch event documents",

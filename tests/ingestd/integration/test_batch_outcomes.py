@@ -25,7 +25,9 @@ def test_good_events_registered_and_bad_ones_dead_lettered_with_reasons(ingest: 
     produce(ingest.kafka, ingest.topic, records, keys=[b"same"] * len(records), partition=0)
 
     daemon = DaemonThread(
-        ingest.settings(dead_letters={"park_delay_s": 600, "park_delay_max_s": 600})
+        ingest.settings(
+            dead_letters={"park_delay_s": 600, "park_delay_max_s": 600, "park_store": "retry_topic"}
+        )
     ).start()
     try:
         daemon.wait_for(lambda: daemon.count() >= len(records), 90, "every event to reach an outcome")

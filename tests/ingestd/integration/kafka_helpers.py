@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from ingestd.kafka import KafkaConnection, ensure_topics, make_admin, make_consumer, make_producer
 from ingestd.sources._message import unpack
@@ -83,6 +83,31 @@ def committed_offsets(kafka: KafkaConnection, group: str, topic: str) -> dict[in
         consumer.close()
 
 
+_ELECTION_ERRORS = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._TIMED_OUT,
+    }
+)
+
+
+def _watermarks(consumer: Consumer, partition: TopicPartition) -> tuple[int, int]:
+    """Low and high watermarks, waiting out a topic's leader election (a topic just created answers
+    NOT_LEADER_FOR_PARTITION for a moment)."""
+    for _ in range(40):
+        try:
+            low, high = consumer.get_watermark_offsets(partition, timeout=10)
+            return int(low), int(high)
+        except KafkaException as error:
+            if not (error.args[0].retriable() or error.args[0].code() in _ELECTION_ERRORS):
+                raise
+            time.sleep(0.25)
+    low, high = consumer.get_watermark_offsets(partition, timeout=10)
+    return int(low), int(high)
+
+
 def read_all(
     kafka: KafkaConnection, topic: str, *, timeout_s: float = 10.0
 ) -> list[tuple[bytes, dict[str, bytes]]]:
@@ -92,14 +117,12 @@ def read_all(
         metadata = consumer.list_topics(topic, timeout=10)
         ends = {}
         for partition in metadata.topics[topic].partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+            low, high = _watermarks(consumer, TopicPartition(topic, partition))
             if high > low:
                 ends[partition] = high
         consumer.assign([TopicPartition(topic, p, 0) for p in ends])
         records: list[tuple[bytes, dict[str, bytes]]] = []
         done: set[int] = set()
-        import time
-
         deadline = time.monotonic() + timeout_s
         while len(done) < len(ends) and time.monotonic() < deadline:
             for message in consumer.consume(500, 0.5):

@@ -34,6 +34,7 @@ __all__ = [
     "TestBed",
     "free_port",
     "install_kafka_jars",
+    "private_kafka",
     "private_postgres",
 ]
 
@@ -154,16 +155,22 @@ class TestBed:
         return env
 
 
+def _private_state(prefix: str) -> Path:
+    """A fresh temporary folder the unprivileged server user can enter (pytest's tmp_path is not)."""
+    state = Path(tempfile.mkdtemp(prefix=prefix, dir=os.environ.get("TMPDIR", "/tmp")))
+    state.chmod(0o755)
+    return state
+
+
 @contextlib.contextmanager
 def private_postgres() -> Iterator[PostgresServer]:
     """A started PostgreSQL server of one caller alone, stopped and removed on exit.
 
     For tests that stop or restart the database (outages): the shared server must never be
-    touched. Its folder is a fresh temporary one reachable by the unprivileged server user
-    (pytest's own tmp_path is not), on a free port.
+    touched. Its folder is a fresh temporary one reachable by the unprivileged server user,
+    on a free port.
     """
-    state = Path(tempfile.mkdtemp(prefix="ingestd-private-pg-", dir=os.environ.get("TMPDIR", "/tmp")))
-    state.chmod(0o755)
+    state = _private_state("ingestd-private-pg-")
     server = PostgresServer(Layout(state=state, cache=Layout.default().cache), port=free_port())
     try:
         server.install()
@@ -173,4 +180,25 @@ def private_postgres() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.stop()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def private_kafka(cluster: str = "private", *, heap: str = "384m") -> Iterator[KafkaNode]:
+    """A started single-node Kafka cluster of one caller alone, stopped and removed on exit.
+
+    For tests that stop, kill or restart a broker: the shared clusters must never be touched.
+    """
+    state = _private_state(f"ingestd-private-kafka-{cluster}-")
+    node = KafkaNode(
+        Layout(state=state, cache=Layout.default().cache), cluster, free_port(), free_port(), heap=heap
+    )
+    try:
+        node.install()
+        node.configure()
+        node.start()
+        node.wait_ready()
+        yield node
+    finally:
+        node.stop()
         shutil.rmtree(state, ignore_errors=True)

@@ -3,76 +3,19 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import select
-import shutil
 import socket
-import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ingestd.e2e import Campaign, Chain, Ledger, RucioFeeder, chunked, iter_events
 from ingestd.log import get_logger
 
 logger = get_logger(__name__)
-
-
-def private_state_dir(prefix: str) -> Path:
-    """A folder a test-bed server (running as an unprivileged user) can enter."""
-    state = Path(tempfile.mkdtemp(prefix=prefix, dir=os.environ.get("TMPDIR", "/tmp")))
-    state.chmod(0o755)
-    return state
-
-
-@contextlib.contextmanager
-def private_postgres() -> Iterator[Any]:
-    """A PostgreSQL server of this module alone, which its tests may restart (never the shared one)."""
-    from deploy.local._base import Layout
-    from deploy.local.postgres import PostgresServer
-    from ingestd.e2e import free_port
-
-    state = private_state_dir("ingestd-chaos-pg-")
-    server = PostgresServer(Layout(state=state, cache=Layout.default().cache), port=free_port())
-    server.install()
-    server.configure()
-    server.start()
-    server.wait_ready()
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(state, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def private_kafka(cluster: str = "chaos-local") -> Iterator[Any]:
-    """A single-node Kafka cluster of this module alone (the facility's local cluster), restartable."""
-    from deploy.local._base import Layout
-    from deploy.local.kafka_node import KafkaNode
-    from ingestd.e2e import free_port
-
-    state = private_state_dir("ingestd-chaos-kafka-")
-    node = KafkaNode(
-        Layout(state=state, cache=Layout.default().cache),
-        cluster,
-        free_port(),
-        free_port(),
-        heap="384m",
-    )
-    node.install()
-    node.configure()
-    node.start()
-    node.wait_ready()
-    try:
-        yield node
-    finally:
-        node.stop()
-        shutil.rmtree(state, ignore_errors=True)
 
 
 class TcpProxy:

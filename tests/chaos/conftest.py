@@ -17,10 +17,11 @@ from typing import Any
 
 import pytest
 
+from deploy.local import private_kafka, private_postgres
 from ingestd.e2e import TestBed
 from ingestd.kafka import KafkaConnection
 
-from ._support import TcpProxy, private_kafka, private_postgres
+from ._support import TcpProxy
 
 
 @dataclass
@@ -40,7 +41,7 @@ def chaos_bed(kafka_central: KafkaConnection, opensearch_url: str) -> Iterator[C
     proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 9200)
     proxy.up()
     lib = os.environ.get("INGESTD_TESTBED_KAFKA_LIB")
-    with private_postgres() as postgres, private_kafka() as kafka:
+    with private_postgres() as postgres, private_kafka("chaos-local") as kafka:
         testbed = TestBed(
             central=kafka_central,
             local=KafkaConnection(bootstrap_servers=f"127.0.0.1:{kafka.port}", client_id="ingestd-chaos"),

@@ -24,9 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
-import tempfile
 import threading
 import time
 import urllib.error
@@ -38,7 +36,8 @@ from typing import Any
 
 import pytest
 
-from deploy.local._base import Layout, free_port, pid_alive
+from deploy.local import private_kafka
+from deploy.local._base import free_port, pid_alive
 from deploy.local.kafka_node import KafkaNode
 from ingestd.kafka import KafkaConnection, make_producer
 
@@ -64,24 +63,8 @@ STALL_LIMIT_S = 15.0
 @pytest.fixture(scope="module")
 def private_target() -> Iterator[KafkaNode]:
     """A single-node Kafka cluster of this module alone: the facility's cluster, which the tests restart."""
-    state = Path(tempfile.mkdtemp(prefix="ingestd-mirror-target-"))
-    state.chmod(0o755)  # the node runs as an unprivileged user
-    node = KafkaNode(
-        Layout(state=state, cache=Layout.default().cache),
-        "mirror-target",
-        free_port(),
-        free_port(),
-        heap="384m",
-    )
-    node.install()
-    node.configure()
-    node.start()
-    node.wait_ready()
-    try:
+    with private_kafka("mirror-target") as node:
         yield node
-    finally:
-        node.stop()
-        shutil.rmtree(state, ignore_errors=True)
 
 
 def _restart(node: KafkaNode, *, down_s: float, kill: bool) -> None:

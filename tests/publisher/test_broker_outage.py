@@ -9,22 +9,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
-import stat
-import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from deploy.local._base import Layout
+from deploy.local import private_kafka as start_private_kafka
 from deploy.local.kafka_node import KafkaNode
 from ingestd.kafka import KafkaConnection
 from monitoring.http_server import HealthServer
@@ -35,33 +30,11 @@ from .support import RucioDatabase, events, make_site_map, read_topics, transfer
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def private_kafka() -> Iterator[KafkaNode]:
-    """A one-node Kafka cluster of this test alone, on free ports, in a folder the server user can reach."""
-    state = Path(tempfile.mkdtemp(prefix="ingestd-publisher-kafka-"))
-    state.chmod(stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
-    node = KafkaNode(
-        Layout(state=state, cache=Layout.default().cache),
-        f"outage-{uuid.uuid4().hex[:6]}",
-        _free_port(),
-        _free_port(),
-        heap="384m",
-    )
-    node.install()
-    node.configure()
-    node.start()
-    try:
-        node.wait_ready()
+    """A one-node Kafka cluster of this test alone, which it stops and starts (never a shared one)."""
+    with start_private_kafka(f"outage-{uuid.uuid4().hex[:6]}") as node:
         yield node
-    finally:
-        node.stop()
-        shutil.rmtree(state, ignore_errors=True)
 
 
 def _readiness(port: int) -> dict[str, Any]:

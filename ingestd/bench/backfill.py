@@ -35,6 +35,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from ingestd.bench._sidecars import HSC_DETECTORS, hsc_calexp_sidecar
+
 __all__ = ["register", "run"]
 
 TARGET_REPLICAS_PER_S = 1_000
@@ -87,24 +89,8 @@ def _files(count: int) -> list[dict[str, Any]]:
     files = []
     for index in range(count):
         dataset_id = uuid.uuid5(namespace, str(index))
-        sidecar = {
-            "id": str(dataset_id),
-            "datasetType": {
-                "name": "calexp",
-                "storageClass": "ExposureF",
-                "dimensions": ["instrument", "detector", "visit"],
-            },
-            "dataId": {
-                "dataId": {
-                    "instrument": "HSC",
-                    "detector": index % 112,
-                    "visit": 328,
-                    "band": "y",
-                    "physical_filter": "HSC-Y",
-                }
-            },
-            "run": f"bench/backfill/run{index // 112:05d}",
-        }
+        run = f"bench/backfill/run{index // HSC_DETECTORS:05d}"
+        sidecar = hsc_calexp_sidecar(dataset_id, index % HSC_DETECTORS, run, visit=328)
         files.append(
             {
                 "scope": _SCOPE,
@@ -113,7 +99,7 @@ def _files(count: int) -> list[dict[str, Any]]:
                 "adler32": f"{(index * 2_654_435_761) & 0xFFFFFFFF:08x}",
                 "meta": {
                     "rubin_butler": "data_product",
-                    "rubin_sidecar": json.dumps(sidecar, separators=(",", ":")),
+                    "rubin_sidecar": sidecar,
                 },
             }
         )

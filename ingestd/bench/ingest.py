@@ -25,11 +25,12 @@ import time
 import uuid
 from typing import Any, Final
 
+from ingestd.bench._sidecars import HSC_DETECTORS, hsc_calexp_sidecar
+
 TARGET_EVENTS_PER_S: Final = 5_000
 """Issue 4: end-to-end throughput on a 2-core machine with PostgreSQL."""
 
 _PREFIX: Final = "root://xrd5:1098//rucio/bench/"
-_DETECTORS: Final = 112
 """HSC detectors in the bundled dimension records: data IDs per run."""
 
 
@@ -90,7 +91,7 @@ def synthetic_events(count: int, *, seed: str) -> list[tuple[bytes, bytes]]:
     events = []
     for index in range(count):
         dataset_id = uuid.uuid5(namespace, str(index))
-        detector, run = index % _DETECTORS, f"bench/{seed}/run{index // _DETECTORS:05d}"
+        detector, run = index % HSC_DETECTORS, f"bench/{seed}/run{index // HSC_DETECTORS:05d}"
         payload = dict(template["payload"])
         name = f"bench/{run}/calexp_{detector}_{dataset_id.hex[:12]}.fits"
         payload.update(
@@ -100,27 +101,7 @@ def synthetic_events(count: int, *, seed: str) -> list[tuple[bytes, bytes]]:
                 "transfer-id": str(dataset_id),
                 "file-size": 10_000 + index,
                 "bytes": 10_000 + index,
-                "rubin_sidecar": json.dumps(
-                    {
-                        "id": str(dataset_id),
-                        "datasetType": {
-                            "name": "calexp",
-                            "storageClass": "ExposureF",
-                            "dimensions": ["instrument", "detector", "visit"],
-                        },
-                        "dataId": {
-                            "dataId": {
-                                "instrument": "HSC",
-                                "detector": detector,
-                                "visit": 330,
-                                "band": "y",
-                                "physical_filter": "HSC-Y",
-                            }
-                        },
-                        "run": run,
-                    },
-                    separators=(",", ":"),
-                ),
+                "rubin_sidecar": hsc_calexp_sidecar(dataset_id, detector, run),
             }
         )
         value = json.dumps({**template, "payload": payload}, separators=(",", ":")).encode()

@@ -13,39 +13,20 @@ import yaml
 
 from butler_registry import open_registry
 from deploy.local.rucio_env import RucioEnv
+from ingestd.bench._sidecars import HSC_DETECTORS, hsc_calexp_sidecar
 from ingestd.config import IngestdSettings, load_settings
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
 RSE = "FRDF_TEST_DISK"
 SCOPE = "dp2_prep"
 RUCIO_PREFIX = "root://xrd5:1094//rucio/"
-DETECTORS = 112
+DETECTORS = HSC_DETECTORS
 """HSC detectors in prep.yaml: distinct data IDs per run."""
 
 
 def sidecar(dataset_id: uuid.UUID, detector: int, run: str) -> str:
     """A calexp DatasetRef of HSC visit 330 (whose dimension records prep.yaml holds)."""
-    return json.dumps(
-        {
-            "id": str(dataset_id),
-            "datasetType": {
-                "name": "calexp",
-                "storageClass": "ExposureF",
-                "dimensions": ["instrument", "detector", "visit"],
-            },
-            "dataId": {
-                "dataId": {
-                    "instrument": "HSC",
-                    "detector": detector,
-                    "visit": 330,
-                    "band": "y",
-                    "physical_filter": "HSC-Y",
-                }
-            },
-            "run": run,
-        },
-        separators=(",", ":"),
-    )
+    return hsc_calexp_sidecar(dataset_id, detector, run)
 
 
 def rubin_files(count: int, *, seed: str = "backfill", scope: str = SCOPE) -> list[dict[str, Any]]:

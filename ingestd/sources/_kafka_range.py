@@ -90,7 +90,6 @@ class KafkaRangeSource:
             connection,
             None,
             overrides={
-                "max.partition.fetch.bytes": 8 * 1_048_576,
                 "logger": client_logger("ingestd.kafka.consumer"),
             },
         )

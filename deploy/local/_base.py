@@ -32,6 +32,7 @@ __all__ = [
     "free_port",
     "http_ok",
     "port_open",
+    "process_tree_cpu_s",
     "process_tree_rss_bytes",
 ]
 
@@ -210,6 +211,25 @@ def process_tree_rss_bytes(pid: int) -> int:
             continue
         stack.extend(_children(current))
     return total
+
+
+def process_tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and all its descendants, including children already reaped.
+
+    ``utime + stime`` of every live process of the tree, plus ``cutime + cstime`` (the
+    CPU of children that exited and were waited for: PostgreSQL's finished backends).
+    """
+    ticks = os.sysconf("SC_CLK_TCK")
+    total, stack = 0, [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        total += sum(int(value) for value in fields[11:15])
+        stack.extend(_children(current))
+    return total / ticks
 
 
 class Server(ABC):

@@ -100,6 +100,12 @@ class E2EResult:
     tuning: dict[str, Any]
     run_id: str
     notes: list[str] = field(default_factory=list)
+    servers_cpu_s: dict[str, float] = field(default_factory=dict)
+    """CPU seconds each test-bed server (process tree) used while the clock ran."""
+    cpu_ms_per_event: float | None = None
+    """Our services' CPU over the run plus the servers' over the clock, per event."""
+    cpu_bound_events_per_s: float | None = None
+    """The rate this machine's cores allow at that cost: the ceiling of the whole chain here."""
 
 
 def register(subparsers: Any) -> None:
@@ -302,6 +308,11 @@ def _print_table(document: dict[str, Any]) -> None:
         )
         for name, figures in run["services"].items():
             print(f"      {name:13} peak {figures['peak_rss_mb']:>7.1f} MiB  cpu {figures['cpu_s']:>7.1f} s")
+        servers = ", ".join(f"{name} {cpu:.1f}" for name, cpu in run["servers_cpu_s"].items())
+        print(
+            f"      servers' cpu s while clocked: {servers}; whole chain {run['cpu_ms_per_event']} ms "
+            f"of CPU per event: at most {run['cpu_bound_events_per_s']} events/s on this machine's cores"
+        )
         if run["anchor"]:
             anchor = run["anchor"]
             print(
@@ -382,11 +393,13 @@ def run_e2e(
                 )
                 chain.start(["publisher"])
                 clock_start = time.monotonic()
+                servers_before = _servers_cpu()
             else:
                 assert rate is not None
                 chain.start()
                 feeder.wait_ready()
                 clock_start = time.monotonic()
+                servers_before = _servers_cpu()
                 _feed_at_rate(feeder, iter_events(campaign, ledger), rate, events)
                 stats = feeder.close()
                 generation_s = time.monotonic() - began_feed
@@ -411,6 +424,7 @@ def run_e2e(
             )
             done = time.monotonic()
             done_wall = time.time()
+            servers_after = _servers_cpu()
             for service in services:
                 service.sample()
         elapsed = done - clock_start
@@ -428,6 +442,14 @@ def run_e2e(
             # The publisher may publish before its /readyz is seen: count from its first record if earlier.
             elapsed = max(elapsed, done_wall - report_.first_central_record_ms / 1000)
         events_per_s = events / elapsed
+        servers_cpu = {
+            name: round(servers_after[name] - servers_before[name], 2)
+            for name in servers_after
+            if name in servers_before
+        }
+        total_cpu_s = sum(s.cpu_s for s in services) + sum(servers_cpu.values())
+        cpu_ms_per_event = 1000 * total_cpu_s / events
+        cpu_bound = (os.cpu_count() or 1) * 1000 / cpu_ms_per_event if cpu_ms_per_event else None
         if anchor_events is not None:
             _progress(
                 f"N={events:,}: anchor path (MirrorMaker 2 + ctrl_ingestd-equivalent), "
@@ -491,7 +513,27 @@ def run_e2e(
             tuning=tuning.as_dict(),
             run_id=chain.run_id,
             notes=notes,
+            servers_cpu_s=servers_cpu,
+            cpu_ms_per_event=round(cpu_ms_per_event, 3),
+            cpu_bound_events_per_s=round(cpu_bound, 1) if cpu_bound else None,
         )
+
+
+def _servers_cpu() -> dict[str, float]:
+    """CPU seconds so far of each running test-bed server (brokers, PostgreSQL, OpenSearch, Prometheus).
+
+    Read on the shared test bed, so anything else using it meanwhile counts too: run the
+    benchmark on a quiet machine.
+    """
+    from deploy.local import TestBed
+    from deploy.local._base import process_tree_cpu_s
+
+    figures: dict[str, float] = {}
+    for server in TestBed().servers:
+        pid = server.pid()
+        if pid is not None:
+            figures[server.name] = process_tree_cpu_s(pid)
+    return figures
 
 
 def _feed_at_rate(feeder: Any, events: Any, rate: float, total: int) -> None:

@@ -30,6 +30,7 @@ for it. A fatal one raises :class:`FatalEngineError`.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -406,6 +407,9 @@ class Engine:
         (a registry bug, a file that makes it raise) is not pinned on every file: the
         files are imported one by one instead, each with its own outcome.
         """
+        items = self._park_not_visible(items)
+        if not items:
+            return
         requests = [_import_request(item.planned) for item in items]
         try:
             results = self._registry_call(lambda: self.registry.import_files(requests), source)
@@ -433,6 +437,31 @@ class Engine:
             )
         for item, result in zip(items, results, strict=True):
             self._settle_import(item, result)
+
+    @staticmethod
+    def _park_not_visible(items: list[_Item]) -> list[_Item]:
+        """Park the files not visible here yet; return the others.
+
+        With verification on, the verify stage has already done this. Without it, the
+        registry would find the file missing and call it invalid: a transfer-done event
+        may reach the daemon before the file system shows the file (a shared file
+        system's attribute cache), so that is worth waiting for, not a rejection.
+        """
+        visible: list[_Item] = []
+        for item in items:
+            planned = item.planned
+            assert isinstance(planned, ImportDimensions | ImportZip)
+            try:
+                os.stat(planned.path)
+            except FileNotFoundError as error:
+                what = "dimension export" if isinstance(planned, ImportDimensions) else "zip"
+                item.settle(Outcome.parked, FILE_NOT_VISIBLE, f"{what} {planned.path} not found: {error}")
+                item.waiting_for_file = True
+                continue
+            except OSError:
+                pass  # unreadable for another reason: the registry reports it
+            visible.append(item)
+        return visible
 
     def _import(self, item: _Item, source: Pausable) -> None:
         planned = item.planned

@@ -129,13 +129,13 @@ def _campaign_batch(tmp_path: Path) -> tuple[IngestdSettings, Campaign, list[Raw
     return settings, campaign, records, {"bootstrap": bootstrap, "conflicting": bad, "absent": absent}
 
 
-def _engine(settings: IngestdSettings, registry: Registry) -> Engine:
+def _engine(settings: IngestdSettings, registry: Registry, *, not_visible_timeout_s: float = 0) -> Engine:
     return Engine(
         registry=registry,
         planner=make_planner(make_rules(settings)),
         dead_letters=FileDeadLetterWriter(settings.dead_letters.file),
         retrier=Retrier(StopToken(), initial_backoff_s=0.001, max_backoff_s=0.002),
-        parking=ParkingPolicy(delay_s=1, delay_max_s=1, not_visible_timeout_s=0),
+        parking=ParkingPolicy(delay_s=1, delay_max_s=1, not_visible_timeout_s=not_visible_timeout_s),
     )
 
 
@@ -157,12 +157,14 @@ def test_every_file_gets_its_own_outcome_in_one_registry_call(tmp_path: Path, fa
         imports = sum(
             1 for _name, kind, _o, _e in outcomes if kind in (ButlerKind.dim_file, ButlerKind.zip_file)
         )
-        assert registry.batched_calls == [imports]
-        assert registry.single_calls == (imports if fail_batched else 0)
+        # The absent zip never reaches the registry: the engine parks a file it cannot see yet.
+        assert registry.batched_calls == [imports - 1]
+        assert registry.single_calls == (imports - 1 if fail_batched else 0)
         after = inner.stats()
     by_name = {name: (kind, outcome, error_class) for name, kind, outcome, error_class in outcomes}
     assert by_name[special["conflicting"]["name"]] == (ButlerKind.dim_file, Outcome.conflict, "conflict")
-    assert by_name[special["absent"]["name"]][1] is Outcome.rejected
+    # Past not_visible_timeout_s (0 here) a file still not visible is rejected as such, not "invalid".
+    assert by_name[special["absent"]["name"]][1:] == (Outcome.rejected, "file_not_visible")
     others = [
         o
         for name, _k, o, _e in outcomes
@@ -187,3 +189,16 @@ def test_same_outcomes_as_importing_alone(tmp_path: Path) -> None:
         for record in alone_records:
             one_at_a_time += _outcomes(alone_settings, [record], registry)
     assert batched == one_at_a_time
+
+
+def test_a_file_not_visible_yet_is_parked_without_verification(tmp_path: Path) -> None:
+    """With verification off, a zip or export the file system does not show yet waits; it is not "invalid"."""
+    settings, _campaign, records, special = _campaign_batch(tmp_path)
+    absent = [r for r in records if special["absent"]["name"].encode() in r.value]
+    assert len(absent) == 1
+    with open_registry(settings.registry.url, create=True) as registry:
+        engine = _engine(settings, registry, not_visible_timeout_s=600)
+        (report,) = engine.process(absent, _Idle()).reports
+    assert (report.outcome, report.error_class) == (Outcome.parked, "file_not_visible")
+    assert report.reason is not None
+    assert "not found" in report.reason

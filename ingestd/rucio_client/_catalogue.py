@@ -25,8 +25,6 @@ rucio-clients itself retries 502/503/504 and renews an expired token.
 from __future__ import annotations
 
 import contextlib
-import functools
-import inspect
 import os
 import threading
 import time
@@ -225,22 +223,15 @@ class RucioCatalogue:
     def file_names(self, scope: str) -> Iterator[str]:
         """The names of the files of ``scope``, streamed in the server's order."""
         client = self.client
-
-        def ask() -> Any:
-            with _streamed_body(client):
-                return client.list_dids(scope, filters=[{}], did_type="file", long=False)
-
-        yield from self._stream("list_dids", self._call("list_dids", ask), str)
+        stream = self._call(
+            "list_dids", lambda: client.list_dids(scope, filters=[{}], did_type="file", long=False)
+        )
+        yield from self._stream("list_dids", stream, str)
 
     def dataset_files(self, scope: str, name: str) -> Iterator[tuple[str, str]]:
         """``(scope, name)`` of the files of dataset (or container) ``scope:name``, streamed."""
         client = self.client
-
-        def ask() -> Any:
-            with _streamed_body(client):
-                return client.list_files(scope, name)
-
-        stream = self._call("list_files", ask)
+        stream = self._call("list_files", lambda: client.list_files(scope, name))
         yield from self._stream("list_files", stream, lambda item: (str(item["scope"]), str(item["name"])))
 
     def _stream(self, what: str, stream: Any, convert: Callable[[Any], T]) -> Iterator[T]:
@@ -334,33 +325,6 @@ class RucioCatalogue:
             with contextlib.suppress(Exception):
                 client.session.close()
         self._local = threading.local()
-
-
-@contextlib.contextmanager
-def _streamed_body(client: Any) -> Iterator[None]:
-    """Make ``client``'s requests read the response body as it is consumed, not at once.
-
-    rucio-clients sends listings without ``stream=True``, so ``requests`` holds the
-    whole JSON stream in memory before the first line is parsed: ~120 MB for a scope
-    of a million files. Its request helper takes a ``stream`` flag; this sets it for
-    the listing call only, on this thread's own client (clients are never shared
-    between threads), so URL building, authentication, token renewal and error
-    mapping stay rucio-clients' own. A client without that helper (a test double, a
-    future rucio-clients) is used unchanged.
-    """
-    send = getattr(client, "_send_request", None)
-    if send is None or "stream" not in inspect.signature(send).parameters:
-        yield
-        return
-    own = "_send_request" in getattr(client, "__dict__", {})
-    client._send_request = functools.partial(send, stream=True)
-    try:
-        yield
-    finally:
-        if own:
-            client._send_request = send
-        else:
-            del client._send_request
 
 
 def _pfns_at(item: Mapping[str, Any], rse: str) -> tuple[str, ...]:

@@ -110,6 +110,10 @@ def _plan(universe: Universe, required: tuple[str, ...]) -> tuple[_Step, ...]:
     return tuple(steps)
 
 
+_KEY_MEMO_SIZE = 20_000
+"""Data keys remembered by :meth:`DataIdChecker.check` (~200 bytes each) before the memo starts afresh."""
+
+
 class DataIdChecker:
     """Checks data IDs against dimension records, with a plan per dataset type's dimensions.
 
@@ -177,8 +181,9 @@ class DataIdChecker:
             text = keys.get(memo)
             if text is None:
                 text = data_key(values)
-                if len(keys) < 100_000:
-                    keys[memo] = text
+                if len(keys) >= _KEY_MEMO_SIZE:
+                    keys.clear()  # start afresh: what a campaign uses now is re-learnt within a batch
+                keys[memo] = text
             key = (step.element, text)
             looked_up, record = known(key)
             if not looked_up:

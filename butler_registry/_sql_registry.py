@@ -115,7 +115,7 @@ class SqlRegistry(Registry):
     """
 
     def __init__(
-        self, engine: sa.Engine, *, universe: Universe | None = None, record_cache_size: int = 100_000
+        self, engine: sa.Engine, *, universe: Universe | None = None, record_cache_size: int = 20_000
     ) -> None:
         self.engine = engine
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
@@ -565,7 +565,7 @@ class SqlRegistry(Registry):
 
 
 def open_registry(
-    url: str, *, create: bool = False, record_cache_size: int = 100_000, connect_timeout_s: float = 10.0
+    url: str, *, create: bool = False, record_cache_size: int = 20_000, connect_timeout_s: float = 10.0
 ) -> SqlRegistry:
     """Open the SQL registry at ``url`` (``sqlite:///path``, ``postgresql://...``).
 

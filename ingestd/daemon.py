@@ -46,6 +46,7 @@ from ingestd.engine import (
 )
 from ingestd.engine._assembly import Pipeline, build_pipeline, subscription, wait_for_topics
 from ingestd.engine._progress import ProgressReporter, format_summary
+from ingestd.gc_tuning import tune_gc
 from ingestd.log import get_logger
 from ingestd.sources import (
     FatalSourceError,
@@ -62,6 +63,7 @@ from monitoring.http_server import HealthServer, HealthState
 __all__ = [
     "DeadLetterFilter",
     "ExitCode",
+    "finite_run",
     "list_dead_letters",
     "load_for_command",
     "parse_time",
@@ -266,7 +268,9 @@ def run_daemon(
                 metrics=pipeline.metrics,
                 retry_topic=settings.dead_letters.retry_topic_name,
                 pending=pipeline.pending,
+                stall_limit_s=settings.lifecycle.stall_limit_s,
             )
+            tune_gc()
             stats = runner.run()
             logger.info("daemon_stopped", reason=stop.reason, **stats.as_dict())
             return ExitCode.ok
@@ -294,7 +298,7 @@ def run_daemon(
 # -- replay ---------------------------------------------------------------------------------------
 
 
-def _finite_run(
+def finite_run(
     settings: IngestdSettings,
     source: Source,
     *,
@@ -332,6 +336,7 @@ def _finite_run(
                 observers=pipeline.observers,
                 metrics=pipeline.metrics,
             )
+            tune_gc()
             stats: RunStats = runner.run()
         except BatchAbandonedError as error:
             print(
@@ -407,7 +412,7 @@ def run_replay(
     except ConfigurationError as error:
         print(f"ingestd replay: {error}", file=sys.stderr)
         return ExitCode.config
-    return _finite_run(
+    return finite_run(
         settings,
         source,
         what=what,
@@ -497,7 +502,7 @@ def run_redrive(
         max_poll_interval_s=settings.consumer.max_poll_interval_s,
         session_timeout_s=min(settings.consumer.session_timeout_s, 10.0),
     )
-    return _finite_run(
+    return finite_run(
         settings,
         source,
         what=f"re-drive of {settings.dead_letters.topic} (group {group_id})",

@@ -101,12 +101,18 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from ingestd.kafka import KafkaErrorKind, classify_kafka_error, make_admin, make_consumer, make_producer
+from ingestd.kafka import (
+    CallStuckError,
+    KafkaErrorKind,
+    classify_kafka_error,
+    make_admin,
+    make_consumer,
+    make_producer,
+)
 from ingestd.log import get_logger
 from monitoring.http_server import HealthState
 from monitoring.metrics import MirrorMetrics, TransactionResult
 
-from ._calls import CallStuckError
 from ._errors import MirrorFatalError, MirrorFencedError
 from ._headers import SOURCE_OFFSET_HEADER, partition_headers
 from ._settings import MirrorSettings

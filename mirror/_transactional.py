@@ -12,12 +12,12 @@ confluent-kafka's transactional calls and their timeouts (seconds; ``None`` or
 ``abort_transaction(timeout)``      blocking; purges, then ends the transaction
 ==================================  ============================================================
 
-Each blocking call runs on a :class:`~mirror._calls.DeadlineCaller` worker. A
+Each blocking call runs on a :class:`~ingestd.kafka.DeadlineCaller` worker. A
 retriable error is retried within the call's deadline (librdkafka documents
 that a retriable ``commit_transaction`` or ``send_offsets_to_transaction``
 failure may be retried with the same call); an abortable or fatal error is
 raised at once; a deadline missed -- the call did not return, or kept failing
-retriably -- raises :class:`~mirror._calls.CallStuckError`. The replicator then
+retriably -- raises :class:`~ingestd.kafka.CallStuckError`. The replicator then
 aborts, or throws this producer away and builds another with the same
 transactional id (whose ``init_transactions`` fences this one).
 """
@@ -31,10 +31,8 @@ from typing import TypeVar
 
 from confluent_kafka import KafkaException, Producer, TopicPartition
 
-from ingestd.kafka import KafkaErrorKind, classify_kafka_error
+from ingestd.kafka import CallStuckError, DeadlineCaller, KafkaErrorKind, classify_kafka_error
 from ingestd.log import get_logger
-
-from ._calls import CallStuckError, DeadlineCaller
 
 __all__ = ["CALL_GRACE_S", "TransactionalProducer"]
 

@@ -10,7 +10,6 @@ configuration cannot work, 1 after an error an operator must look at.
 
 from __future__ import annotations
 
-import gc
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
 
+from ingestd.gc_tuning import tune_gc
 from ingestd.kafka import make_consumer
 from ingestd.log import get_logger
 from monitoring.http_server import HealthServer, HealthState
@@ -142,29 +142,6 @@ def _wait_for_schema(
                 "Rucio tags them with ([hermes] services_list)",
             )
         return
-
-
-GC_YOUNG_THRESHOLD = 20_000
-"""Allocations between young-generation collections (CPython's default: 700)."""
-
-
-def tune_gc() -> None:
-    """Make the cyclic garbage collector cheap for a batch loop (only in a process's main thread).
-
-    A batch holds ~100,000 short-lived objects (decoded payloads); with CPython's default
-    threshold the collector runs every 700 allocations and traverses them again and again,
-    and each full collection walks every object made at start-up. Freezing what start-up
-    made and collecting the young generation less often cut the publisher's CPU per message
-    by about a quarter (``ingestd bench publisher``). Reference counting still frees almost
-    everything at once; only cycles wait a little longer. Left alone when the publisher runs
-    in a thread of another program (tests), whose collector is not ours to tune.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return
-    gc.collect()
-    gc.freeze()
-    _young, middle, old = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 def run_publisher(

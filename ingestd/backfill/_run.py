@@ -89,7 +89,7 @@ def run_backfill(
     Idempotent and resumable: what is registered comes out ``already_present``, and a
     backfill interrupted (even by ``kill -9``) continues after its checkpoint.
     """
-    from ingestd.daemon import ExitCode, _finite_run
+    from ingestd.daemon import ExitCode, finite_run
 
     out = out or sys.stdout
     try:
@@ -110,7 +110,7 @@ def run_backfill(
             "rucio_requests": source.catalogue.requests,
         }
 
-    return _finite_run(
+    return finite_run(
         settings,
         source,
         what=f"backfill of {request.rse} from Rucio",

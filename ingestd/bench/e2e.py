@@ -153,14 +153,14 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--daemon-wait",
         type=float,
-        default=0.2,
-        help="daemon: longest wait for a batch to fill, s (default 0.2)",
+        default=0.05,
+        help="daemon: longest wait for a batch to fill, s (default 0.05, the daemon's own default)",
     )
     parser.add_argument(
         "--mirror-wait-ms",
         type=int,
-        default=50,
-        help="mirror: longest wait before a transaction, ms (default 50)",
+        default=20,
+        help="mirror: longest wait before a transaction, ms (default 20, the mirror's own default)",
     )
     parser.add_argument(
         "--zip-share", type=float, default=0.02, help="fraction of the facility's events that are zips (0.02)"

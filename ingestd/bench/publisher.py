@@ -193,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
     import sqlalchemy as sa
     from prometheus_client import CollectorRegistry
 
+    from ingestd.gc_tuning import tune_gc
     from ingestd.kafka import KafkaConnection, make_admin
     from ingestd.log import LoggingSettings, configure_logging
     from ingestd.sitemap import SiteMap
@@ -208,7 +209,6 @@ def run(args: argparse.Namespace) -> int:
         create_rucio_tables,
         rucio_tables,
     )
-    from publisher._service import tune_gc
 
     # Figures go to standard output; only warnings (and worse) to standard error.
     configure_logging(LoggingSettings(level=os.environ.get("INGESTD_LOG_LEVEL", "WARNING")), service="bench")

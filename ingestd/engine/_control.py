@@ -4,7 +4,8 @@
 the deadline by which the process must be gone. :class:`Retrier` runs one stage
 call until it succeeds, backing off exponentially on the transient errors the
 caller names, pausing the source meanwhile (a consumer keeps polling, so its group
-membership survives a long outage), reporting not-ready with the reason, and
+membership survives a long outage), reporting not-ready with the reason (liveness is
+kept during a back-off; a long one is reported on readiness as a stall), and
 giving up with :class:`BatchAbandonedError` only when a stop was requested and its
 deadline passed: nothing is acknowledged then, so nothing is lost.
 """
@@ -99,6 +100,12 @@ class Retrier:
         Readiness is cleared, with the reason, while a stage keeps failing.
     metrics
         ``ingestd_retries_total{stage}``.
+
+    Attributes
+    ----------
+    during_backoff
+        Called between the slices of each back-off (the runner's stall check), so
+        readiness can tell a long back-off from progress.
     """
 
     def __init__(
@@ -117,6 +124,7 @@ class Retrier:
         self._jitter = jitter
         self.health = health
         self.metrics = metrics
+        self.during_backoff: Callable[[], None] | None = None
 
     def call(
         self,
@@ -182,11 +190,19 @@ class Retrier:
                 source.resume()
 
     def _keepalive(self, source: Pausable, delay: float) -> None:
-        """Wait ``delay`` seconds in short slices, keeping the group and the liveness probe alive."""
+        """Wait ``delay`` seconds in short slices, keeping the group membership and liveness alive.
+
+        A back-off is the process doing its job while a dependency is away: it beats
+        liveness, so a supervisor does not restart a daemon for a registry or broker
+        outage (``/readyz`` says what is away, and ``during_backoff`` reports a long one
+        as a stall). A call that never returns makes no slices and stops the beat.
+        """
         deadline = time.monotonic() + delay
         while True:
             if self.health is not None:
                 self.health.beat()
+            if self.during_backoff is not None:
+                self.during_backoff()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return

@@ -13,6 +13,14 @@ committed and every dead letter was confirmed; observers (metrics, OpenSearch,
 progress) see the reports only after the acknowledgement, and can neither block
 nor fail the loop.
 
+Liveness follows progress, not the loop: ``/healthz`` is beaten when a batch is
+acknowledged, or on an idle turn with nothing left to read (no records returned and,
+for a consumer group, no records waiting on its partitions). A loop that turns
+without either -- partitions assigned but never fetched, a call that never returns
+-- stops beating, so the supervisor restarts the process after the liveness timeout;
+and once records have waited for ``stall_limit_s`` without an acknowledgement,
+``/readyz`` says ``stalled: no commit for N s with M records lagging``.
+
 Between batches, and while the source is idle, the runner also re-drives events
 parked in the registry database (:mod:`ingestd.engine._pending`) through the same
 engine: their rows are deleted only after the engine returned, exactly as a
@@ -27,6 +35,7 @@ from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 from butler_registry.interface import TransientRegistryError
 from ingestd.log import get_logger
@@ -40,9 +49,17 @@ from ._engine import Decoded, Engine
 from ._observers import Observer, ObserverDispatcher
 from ._pending import PendingQueue
 
-__all__ = ["Observer", "RunStats", "Runner"]
+__all__ = ["Lagging", "Observer", "RunStats", "Runner"]
 
 logger = get_logger(__name__)
+
+
+@runtime_checkable
+class Lagging(Protocol):
+    """A source that can tell how many records wait to be read (a consumer group)."""
+
+    def waiting(self) -> int:
+        """Records readable now and not returned yet, measured without a broker round trip."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +134,8 @@ class Runner:
     observers
         Called with each batch's reports after acknowledgement.
     health
-        Liveness beat each turn; readiness from the source and the registry.
+        Liveness beaten on progress (see the module notes); readiness from the
+        source, the registry and the stall check.
     metrics
         Batch size and duration, commit duration, lag.
     registry_ping_interval_s
@@ -131,6 +149,9 @@ class Runner:
         Events parked in the registry database, re-driven between batches (the daemon).
     redrive_batches
         Most batches of parked events re-driven in one go, so live events keep flowing.
+    stall_limit_s
+        With ``health``: how long records may wait without an acknowledgement before
+        readiness reports the stall.
     """
 
     def __init__(
@@ -150,6 +171,7 @@ class Runner:
         read_ahead: bool = True,
         pending: PendingQueue | None = None,
         redrive_batches: int = 5,
+        stall_limit_s: float = 120.0,
     ) -> None:
         self.engine = engine
         self.source = source
@@ -174,6 +196,12 @@ class Runner:
         self._last_pending_gauge = 0.0
         self._retry_parked = 0
         self._store_parked = 0
+        self._stall_limit = stall_limit_s
+        self._last_progress = time.monotonic()
+        self._stalled = False
+        if health is not None:
+            # A back-off is not progress either: a long one is reported as a stall too.
+            self.retrier.during_backoff = lambda: self._check_stall(self._waiting())
 
     def run(self) -> RunStats:
         """Process batches until the source is exhausted or a stop is requested.
@@ -186,15 +214,16 @@ class Runner:
             The stop deadline passed during a transient failure.
         """
         self._dispatcher.start()
+        self._made_progress()
         ahead: _Batch | None = None
         try:
             while not self.stop.requested:
-                self._beat()
                 if ahead is None:
                     records = self._collect(wait=True)
                     if not records:
                         if self.source.exhausted:
                             break
+                        self._check_idle()
                         self._maintain(idle=True)
                         continue
                     ahead = self._decode_ahead(records)
@@ -205,6 +234,7 @@ class Runner:
                     if following:
                         ahead = self._decode_ahead(following)
                 self._turn(current)
+                self._made_progress()
                 self._maintain(idle=False)
         finally:
             # A batch read ahead but not processed is simply not acknowledged: it is read again.
@@ -216,9 +246,57 @@ class Runner:
     def _decode_ahead(self, records: list[RawRecord]) -> _Batch:
         return _Batch(records, self._decoder.submit(self.engine.decode, records))
 
-    def _beat(self) -> None:
-        if self.health is not None:
-            self.health.beat()
+    def _made_progress(self) -> None:
+        """A batch was acknowledged, or nothing is left to read: beat liveness, end a stall."""
+        self._last_progress = time.monotonic()
+        if self.health is None:
+            return
+        self.health.beat()
+        if self._stalled:
+            self._stalled = False
+            self.health.set_ready("stalled")
+            logger.info("ingest_stall_over")
+
+    def _check_idle(self) -> None:
+        """An idle turn (no records returned): progress only if nothing waits to be read.
+
+        Records waiting on the assigned partitions while none are returned is the
+        failure the stall check exists for (partitions assigned but never fetched).
+        """
+        if self.health is None:
+            return
+        waiting = self._waiting()
+        if waiting == 0:
+            self._made_progress()
+        else:
+            self._check_stall(waiting)
+
+    def _waiting(self) -> int:
+        """Records the source could deliver now and did not (0 when it cannot tell)."""
+        if not isinstance(self.source, Lagging):
+            return 0
+        try:
+            return self.source.waiting()
+        except Exception:
+            logger.exception("waiting_measure_failed")
+            return 0
+
+    def _check_stall(self, waiting: int) -> None:
+        """Report the stall on readiness once records waited ``stall_limit_s`` without a commit."""
+        if self.health is None or self._stalled:
+            return
+        stalled_s = time.monotonic() - self._last_progress
+        if stalled_s <= self._stall_limit:
+            return
+        self._stalled = True
+        self.health.set_not_ready(
+            "stalled",
+            f"no commit for {stalled_s:.0f} s with {waiting} records lagging "
+            f"(stall limit {self._stall_limit:.0f} s)",
+        )
+        if self.metrics is not None:
+            self.metrics.observe_error(self.metrics.kafka_errors, "stalled")
+        logger.error("ingest_stalled", stalled_s=round(stalled_s), waiting=waiting)
 
     def _collect(self, *, wait: bool) -> list[RawRecord]:
         """Up to ``max_events`` records, waiting at most ``max_wait_s`` for the batch to fill.

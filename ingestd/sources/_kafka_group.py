@@ -6,6 +6,18 @@ consumer still owns in the same assignment generation as when the records were
 read. A partition revoked mid-batch is simply not committed: its new owner reads
 the records again and the registry reports them ``already_present``.
 
+A synchronous commit is never waited for without a bound. librdkafka waits for
+the reply of ``commit(asynchronous=False)`` forever, and after a broker restart
+that reply can fail to come: the daemon's loop then hung inside ``commit`` with
+its partitions reassigned and nothing consumed (the chaos suite's
+``restart_kafka_local``; ``py-spy`` showed the main thread in
+``rd_kafka_commit_queue`` for over a minute, with the broker long back). So the
+commit runs on a worker thread and is given up after ``commit_timeout_s``; the
+consumer that holds the unanswered commit is then retired (closed on a thread of
+its own, which leaves the group) and a new one joins in its place. Nothing was
+committed for the batch, so the new member re-reads it and the registry answers
+``already_present``: nothing lost, nothing registered twice.
+
 Two more duties live here because they are about *when* records are read:
 
 * **Back-off.** :meth:`pause` stops fetching on every assigned partition and
@@ -19,15 +31,24 @@ Two more duties live here because they are about *when* records are read:
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
 
 from ingestd.deadletter import H_NOT_BEFORE
-from ingestd.kafka import KafkaConnection, KafkaErrorKind, classify_kafka_error, client_logger, make_consumer
+from ingestd.kafka import (
+    CallStuckError,
+    DeadlineCaller,
+    KafkaConnection,
+    KafkaErrorKind,
+    classify_kafka_error,
+    client_logger,
+    make_consumer,
+)
 from ingestd.log import get_logger
 
 from ._base import FatalSourceError, Headers, Progress, RawRecord, TransientSourceError
@@ -89,8 +110,13 @@ class KafkaGroupSource:
         had when it was first assigned.
     max_poll_interval_s, session_timeout_s
         Group timing.
+    commit_timeout_s
+        Longest wait for a synchronous offset commit before the consumer is
+        replaced (see the module notes). Default: twice the session timeout, at
+        least 30 s -- librdkafka itself gives up a commit waiting for a
+        coordinator after one session timeout.
     consumer
-        A consumer to use instead of building one (tests).
+        A consumer to use instead of building one (tests); it is not replaced.
     """
 
     def __init__(
@@ -105,6 +131,7 @@ class KafkaGroupSource:
         stop_at_end: bool = False,
         max_poll_interval_s: float = 300.0,
         session_timeout_s: float = 45.0,
+        commit_timeout_s: float | None = None,
         clock: Callable[[], float] = time.time,
         consumer: Consumer | None = None,
     ) -> None:
@@ -120,20 +147,32 @@ class KafkaGroupSource:
         """When and why the brokers were last reported unreachable (cleared by the next record)."""
         self._logged_errors: dict[int, float] = {}
         self._fatal: KafkaError | None = None
-        self._consumer = consumer or make_consumer(
-            connection,
-            group_id,
-            overrides={
-                "max.poll.interval.ms": int(max_poll_interval_s * 1000),
-                "session.timeout.ms": int(session_timeout_s * 1000),
-                "heartbeat.interval.ms": max(int(session_timeout_s * 1000 / 5), 100),
-                "topic.metadata.refresh.interval.ms": 30_000,
-                "max.partition.fetch.bytes": 8 * 1_048_576,
-                # Client-level errors (broker down, authentication) arrive here, not as records.
-                "error_cb": self._on_client_error,
-                "logger": client_logger("ingestd.kafka.consumer"),
-            },
+        overrides: dict[str, Any] = {
+            "max.poll.interval.ms": int(max_poll_interval_s * 1000),
+            "session.timeout.ms": int(session_timeout_s * 1000),
+            "heartbeat.interval.ms": max(int(session_timeout_s * 1000 / 5), 100),
+            "topic.metadata.refresh.interval.ms": 30_000,
+            "logger": client_logger("ingestd.kafka.consumer"),
+        }
+
+        def build() -> Consumer:
+            # Client-level errors (broker down, authentication) arrive here, not as records; a
+            # retired consumer's are ignored (see _replace_consumer).
+            epoch = self.replacements
+
+            def on_error(error: KafkaError) -> None:
+                self._on_client_error(error, epoch)
+
+            return make_consumer(connection, group_id, overrides={**overrides, "error_cb": on_error})
+
+        self.replacements = 0
+        """Consumers replaced after a commit that never returned."""
+        self._make_consumer: Callable[[], Consumer] | None = None if consumer is not None else build
+        self._consumer = consumer or build()
+        self._commit_timeout_s = (
+            commit_timeout_s if commit_timeout_s is not None else max(2 * session_timeout_s, 30.0)
         )
+        self._committer = DeadlineCaller(f"kafka-commit-{group_id}")
         self._assigned: dict[TP, int] = {}
         """Assigned partitions and the generation in which each was assigned."""
         self._generation = 0
@@ -163,6 +202,8 @@ class KafkaGroupSource:
         logger.info("kafka_subscribed", group_id=self.group_id, subscription=self.selection.regex)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if consumer is not self._consumer:
+            return  # a retired consumer closing: its assignment is not this source's
         self._generation += 1
         consumer.assign(partitions)
         for tp in partitions:
@@ -191,6 +232,8 @@ class KafkaGroupSource:
         )
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if consumer is not self._consumer:
+            return  # a retired consumer closing: the partitions may be the new one's already
         self._forget(partitions)
         logger.info(
             "kafka_partitions_revoked",
@@ -199,6 +242,8 @@ class KafkaGroupSource:
         )
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if consumer is not self._consumer:
+            return  # a retired consumer closing: the partitions may be the new one's already
         self._forget(partitions)
         logger.warning(
             "kafka_partitions_lost",
@@ -298,8 +343,10 @@ class KafkaGroupSource:
             del self._deferred[key]
         self._consumer.resume([TopicPartition(topic, partition) for topic, partition in due])
 
-    def _on_client_error(self, error: KafkaError) -> None:
+    def _on_client_error(self, error: KafkaError, epoch: int = 0) -> None:
         """librdkafka's error callback: remember a fatal error for the next poll, note unreachability."""
+        if epoch != self.replacements:
+            return  # from a retired consumer
         if classify_kafka_error(error) is KafkaErrorKind.fatal:
             self._fatal = error
         self._note_error(error)
@@ -370,8 +417,19 @@ class KafkaGroupSource:
         partitions = [
             TopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()
         ]
+        consumer = self._consumer
         try:
-            result = self._consumer.commit(offsets=partitions, asynchronous=False)
+            result = self._committer.call(
+                "offset commit",
+                lambda: consumer.commit(offsets=partitions, asynchronous=False),
+                self._commit_timeout_s,
+            )
+        except CallStuckError as error:
+            self._replace_consumer(f"offset commit did not return within {self._commit_timeout_s:.0f} s")
+            raise TransientSourceError(
+                f"Kafka offset commit did not return within {self._commit_timeout_s:.0f} s; "
+                "consumer replaced, its uncommitted records are read again"
+            ) from error
         except KafkaException as error:
             kafka_error = error.args[0] if error.args else None
             code = kafka_error.code() if isinstance(kafka_error, KafkaError) else None
@@ -439,6 +497,39 @@ class KafkaGroupSource:
             if remaining <= 0:
                 return
 
+    def _replace_consumer(self, reason: str) -> None:
+        """Retire a consumer wedged in an unanswered call; a new one joins the group on the next poll.
+
+        Everything known about the old assignment is dropped (its records fail the
+        generation check in :meth:`acknowledge` and are read again by the new
+        member). The old consumer is closed on a thread of its own -- closing leaves
+        the group and hands its partitions over -- because closing may wait on the
+        same unanswered request; the worker holding the stuck commit is retired too.
+        The rebalance and error callbacks the old consumer still makes while it closes
+        are ignored: they would otherwise forget the new consumer's partitions (same
+        names) from another thread.
+        """
+        if self._make_consumer is None:
+            raise FatalSourceError(f"Kafka consumer wedged ({reason}) and cannot be replaced")
+        old, old_worker = self._consumer, self._committer
+        self.replacements += 1
+        self._consumer = self._make_consumer()
+        self._committer = DeadlineCaller(f"kafka-commit-{self.group_id}")
+        old_worker.retire()
+        lost = sorted(f"{topic}[{partition}]" for topic, partition in self._assigned)
+        self._forget([TopicPartition(topic, partition) for topic, partition in list(self._assigned)])
+        self._started = False
+        logger.error(
+            "kafka_consumer_replaced",
+            group_id=self.group_id,
+            reason=reason,
+            partitions=lost,
+            replacements=self.replacements,
+        )
+        threading.Thread(
+            target=_close_quietly, args=(old, self.group_id), name="kafka-consumer-retire", daemon=True
+        ).start()
+
     def _assignment(self) -> list[TopicPartition]:
         return [TopicPartition(topic, partition) for topic, partition in self._assigned]
 
@@ -482,6 +573,40 @@ class KafkaGroupSource:
             lags.append(PartitionLag(topic, partition, max(high - committed, 0)))
         return lags
 
+    def waiting(self) -> int:
+        """Records this source could read now and has not: what an idle turn must not have.
+
+        Per assigned partition not held back (a retry partition waiting for its
+        not-before time), the cached high watermark (the last stable offset under
+        ``read_committed``) less the furthest of the committed offset and the
+        client's position; the position covers the transaction markers a
+        transactional producer writes after each batch, which are never returned
+        as records and so never committed. No broker round trip: called on idle turns.
+        """
+        keys = [key for key in sorted(self._assigned) if key not in self._deferred]
+        if not keys:
+            return 0
+        try:
+            positions = self._consumer.position(
+                [TopicPartition(topic, partition) for topic, partition in keys]
+            )
+        except KafkaException:
+            positions = []
+        position = {(tp.topic, tp.partition): tp.offset for tp in positions}
+        total = 0
+        for key in keys:
+            try:
+                low, high = self._consumer.get_watermark_offsets(TopicPartition(*key), cached=True)
+            except KafkaException:
+                continue
+            if high is None or high < 0:
+                continue  # not fetched yet
+            done = max(self._committed.get(key, -1), self._positions.get(key, -1), position.get(key, -1))
+            if done < 0:
+                done = low if low is not None and low >= 0 else high  # nothing committed: from the start
+            total += max(high - done, 0)
+        return total
+
     def progress(self) -> Progress:
         """Records consumed so far; the total is known only in finite mode."""
         total = None
@@ -497,10 +622,21 @@ class KafkaGroupSource:
         if self._closed:
             return
         self._closed = True
+        self._committer.retire()
         try:
             self._consumer.close()
         except (KafkaException, RuntimeError) as error:
             logger.warning("kafka_close_failed", error=str(error))
+
+
+def _close_quietly(consumer: Consumer, group_id: str) -> None:
+    """Close a retired consumer (on its own thread: it may wait on the request that wedged it)."""
+    try:
+        consumer.close()
+    except (KafkaException, RuntimeError) as error:
+        logger.warning("kafka_retired_consumer_close_failed", group_id=group_id, error=str(error))
+        return
+    logger.info("kafka_retired_consumer_closed", group_id=group_id)
 
 
 def _not_before(headers: Headers) -> float | None:

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from ingestd.kafka import CallStuckError, DeadlineCaller
 from mirror import MirrorSettings
-from mirror._calls import CallStuckError, DeadlineCaller
 
 CENTRAL = {"bootstrap_servers": "central:9092"}
 LOCAL = {"bootstrap_servers": "local:9092"}

@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
 def _backfill_missing(settings: Any, request: Any, workdir: Path, *, as_json: bool) -> int:
     """Backfill exactly the files :func:`reconcile` found missing in the registry."""
     from ingestd.backfill import ListingSpool, missing_dids, preferred_prefixes, transfer_done_event
-    from ingestd.daemon import _finite_run
+    from ingestd.daemon import finite_run
     from ingestd.rucio_client import FileReplica, RucioCatalogue
     from ingestd.sources import ListingUnit, RucioReplicaSource
 
@@ -128,7 +128,7 @@ def _backfill_missing(settings: Any, request: Any, workdir: Path, *, as_json: bo
         parallel=settings.rucio.parallel_requests,
     )
     return int(
-        _finite_run(
+        finite_run(
             settings,
             source,
             what=f"backfill of what {request.rse}'s registry lacks",

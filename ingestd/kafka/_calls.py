@@ -1,15 +1,17 @@
 """Blocking client calls with a deadline the caller enforces, not the library.
 
-librdkafka takes a timeout on every transactional call, but does not always
-keep it: ``rd_kafka_send_offsets_to_transaction`` can wait forever for a group
-coordinator that went away with a restarted broker (librdkafka#5456, #5511),
-and the mirror's loop would hang inside it with its health endpoint still
-answering. So the mirror never makes such a call on its own thread: a
-:class:`DeadlineCaller` runs it on a worker thread and gives up waiting at
-the deadline. A call that has not returned by then leaves the worker (and the
-client it holds) stuck; the caller retires that worker and builds a new client,
-which is safe for a transactional producer because the new one's
-``init_transactions`` fences the old one (see :mod:`mirror._replicator`).
+librdkafka takes a timeout on most calls but does not always keep it:
+``rd_kafka_send_offsets_to_transaction`` can wait forever for a group coordinator
+that went away with a restarted broker (librdkafka#5456, #5511), and a synchronous
+``commit`` waits for its reply without any bound (``rd_kafka_commit_queue``), which
+after a broker restart may never come. A loop hung inside such a call keeps its
+health endpoint answering while nothing moves. So the services never make those calls
+on their own thread: a :class:`DeadlineCaller` runs each on a worker thread and gives
+up waiting at the deadline. A call that has not returned by then leaves the worker
+(and the client it holds) stuck; the caller retires that worker and builds a new
+client -- the mirror a transactional producer (whose ``init_transactions`` fences the
+old one), the daemon a group consumer (the uncommitted batch is read again and found
+``already_present``).
 """
 
 from __future__ import annotations

@@ -284,11 +284,17 @@ class PublisherSettings(BaseSettings):
     topics: TopicSettings = Field(default_factory=TopicSettings, title="Created topics")
     metadata: MetadataSettings = Field(default_factory=MetadataSettings, title="DID metadata")
     batch_size: int = Field(
-        1000,
+        10_000,
         ge=1,
         le=50_000,
         title="Batch size",
-        description="Rows claimed (or records consumed) and published per transaction.",
+        description=(
+            "Most rows claimed (or records consumed) and published per transaction; a trickle is "
+            "published as it comes whatever this is. Rucio's messages table has no index on "
+            "created_at, so every claim sorts the whole backlog (~0.9 s of the database's CPU at "
+            "1,000,000 rows, whatever the limit): 10,000 per claim drains a large backlog ten times "
+            "faster than 1,000 did."
+        ),
     )
     poll_interval_s: float = Field(
         1.0,

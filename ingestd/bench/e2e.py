@@ -148,7 +148,10 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--daemon-batch", type=int, default=2000, help="daemon batch size (default 2000)")
     parser.add_argument(
-        "--publisher-batch", type=int, default=1000, help="publisher batch size (default 1000)"
+        "--publisher-batch",
+        type=int,
+        default=10_000,
+        help="publisher batch size (default 10000, the publisher's own default)",
     )
     parser.add_argument(
         "--daemon-wait",

@@ -133,7 +133,7 @@ class Tuning:
     choose. With a backlog every stage fills whole batches anyway.
     """
 
-    publisher_batch_size: int = 1000
+    publisher_batch_size: int = 10_000
     publisher_poll_interval_s: float = 0.05
     mirror_batch_max_wait_ms: int = 20
     daemon_batch_events: int = 2000

@@ -349,6 +349,27 @@ class Server(ABC):
             time.sleep(0.5)
         self.pid_file.unlink(missing_ok=True)
 
+    def kill(self, timeout_s: float = 30.0) -> None:
+        """SIGKILL the server's process group: no clean shutdown, sessions and leadership just vanish.
+
+        For tests of a crash (a private server only); :meth:`start` brings it back.
+        """
+        pid = self.pid()
+        if pid is not None:
+            self.send_signal(signal.SIGKILL)
+            deadline = time.monotonic() + timeout_s
+            while pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        self.pid_file.unlink(missing_ok=True)
+
+    def send_signal(self, signum: signal.Signals) -> None:
+        """Send ``signum`` to the server's process group (SIGSTOP freezes it with its connections open)."""
+        pid = self.pid()
+        if pid is None:
+            raise ServerError(f"{self.name} is not running")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(os.getpgid(pid), signum)
+
     def memory_bytes(self) -> int:
         """Resident memory of the server's process tree."""
         pid = self.pid()

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import threading
 import time
 import urllib.error
@@ -37,7 +35,7 @@ from typing import Any
 import pytest
 
 from deploy.local import private_kafka
-from deploy.local._base import free_port, pid_alive
+from deploy.local._base import free_port
 from deploy.local.kafka_node import KafkaNode
 from ingestd.kafka import KafkaConnection, make_producer
 
@@ -70,13 +68,7 @@ def private_target() -> Iterator[KafkaNode]:
 def _restart(node: KafkaNode, *, down_s: float, kill: bool) -> None:
     """Stop the node (SIGTERM, or SIGKILL to its process group), keep it down ``down_s``, start it again."""
     if kill:
-        pid = node.pid()
-        assert pid is not None, "the private target is not running"
-        os.killpg(os.getpgid(pid), signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        node.pid_file.unlink(missing_ok=True)
+        node.kill()
     else:
         node.stop()
     time.sleep(down_s)

@@ -24,7 +24,6 @@ runner (never restarted), and readiness carries no ``stalled`` reason at the end
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import threading
@@ -37,7 +36,6 @@ import pytest
 
 from butler_registry import open_registry
 from deploy.local import private_kafka
-from deploy.local._base import pid_alive
 from deploy.local.kafka_node import KafkaNode
 from ingestd.engine import Runner, StopToken
 from ingestd.engine._assembly import build_pipeline, subscription, wait_for_topics
@@ -65,24 +63,6 @@ def broker() -> Iterator[KafkaNode]:
     """A single-node Kafka cluster of this test alone (the facility's local cluster), which it restarts."""
     with private_kafka("daemon-restart") as node:
         yield node
-
-
-def _kill(node: KafkaNode) -> None:
-    """SIGKILL the broker's process group (no clean shutdown: sessions and leadership just vanish)."""
-    pid = node.pid()
-    assert pid is not None, "the private broker is not running"
-    os.killpg(os.getpgid(pid), signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    node.pid_file.unlink(missing_ok=True)
-
-
-def _signal(node: KafkaNode, signum: signal.Signals) -> None:
-    """Send ``signum`` to the broker's process group (SIGSTOP freezes it: connections open, unanswered)."""
-    pid = node.pid()
-    assert pid is not None, "the private broker is not running"
-    os.killpg(os.getpgid(pid), signum)
 
 
 def _start(node: KafkaNode) -> None:
@@ -211,13 +191,8 @@ def _setup(broker: KafkaNode, unique_name: Callable[[str], str], registry_url: s
     return ingest
 
 
-def test_partitions_lost_during_a_commit_backoff(
-    broker: KafkaNode, postgres_database: str, unique_name: Callable[[str], str], tmp_path: Path
-) -> None:
-    """Broker killed while a commit is held: the commit backs off past the session timeout, partitions
-    are lost and reassigned, and the same runner registers everything exactly once afterwards."""
-    ingest = _setup(broker, unique_name, postgres_database, tmp_path)
-    events = [d.event() for d in synthetic_datasets(900, seed=ingest.topic)]
+def _daemon_at_a_held_commit(ingest: IngestSetup, events: list[bytes]) -> RunningDaemon:
+    """A running daemon that committed ``events[:300]`` and holds the commit of ``events[300:600]``."""
     produce(ingest.kafka, ingest.topic, events[:300])
     daemon = RunningDaemon(ingest).start()
     try:
@@ -225,14 +200,34 @@ def test_partitions_lost_during_a_commit_backoff(
         daemon.source.armed.set()
         produce(ingest.kafka, ingest.topic, events[300:600])
         assert daemon.source.reached.wait(30), "no further batch reached its commit"
-        _kill(broker)
+    except BaseException:
+        daemon.close()
+        raise
+    return daemon
+
+
+def _finish(ingest: IngestSetup, daemon: RunningDaemon, rest: list[bytes], registry_url: str) -> None:
+    """Send ``rest``; every event registered once and every offset committed, with no stall reported."""
+    produce(ingest.kafka, ingest.topic, rest)
+    _wait(lambda: dataset_count(registry_url) == 900, RECOVERY_S, "all 900 registered", daemon)
+    _wait(lambda: _committed_total(ingest) == 900, 60, "every offset committed", daemon)
+    assert "stalled" not in daemon.health.ready()[1]["not_ready"]
+
+
+def test_partitions_lost_during_a_commit_backoff(
+    broker: KafkaNode, postgres_database: str, unique_name: Callable[[str], str], tmp_path: Path
+) -> None:
+    """Broker killed while a commit is held: the commit backs off past the session timeout, partitions
+    are lost and reassigned, and the same runner registers everything exactly once afterwards."""
+    ingest = _setup(broker, unique_name, postgres_database, tmp_path)
+    events = [d.event() for d in synthetic_datasets(900, seed=ingest.topic)]
+    daemon = _daemon_at_a_held_commit(ingest, events)
+    try:
+        broker.kill()
         daemon.source.release.set()
         time.sleep(OUTAGE_S)
         _start(broker)
-        produce(ingest.kafka, ingest.topic, events[600:])
-        _wait(lambda: dataset_count(postgres_database) == 900, RECOVERY_S, "all 900 registered", daemon)
-        _wait(lambda: _committed_total(ingest) == 900, 60, "every offset committed", daemon)
-        assert "stalled" not in daemon.health.ready()[1]["not_ready"]
+        _finish(ingest, daemon, events[600:], postgres_database)
     finally:
         daemon.close()
     assert dataset_count(postgres_database) == 900
@@ -245,25 +240,17 @@ def test_broker_frozen_during_a_commit(
     (the old one retired), and the new member re-reads the uncommitted batch (``already_present``)."""
     ingest = _setup(broker, unique_name, postgres_database, tmp_path)
     events = [d.event() for d in synthetic_datasets(900, seed=ingest.topic)]
-    produce(ingest.kafka, ingest.topic, events[:300])
-    daemon = RunningDaemon(ingest).start()
+    daemon = _daemon_at_a_held_commit(ingest, events)
     try:
-        _wait(lambda: _committed_total(ingest) == 300, 60, "the first 300 committed", daemon)
-        daemon.source.armed.set()
-        produce(ingest.kafka, ingest.topic, events[300:600])
-        assert daemon.source.reached.wait(30), "no further batch reached its commit"
-        _signal(broker, signal.SIGSTOP)
+        broker.send_signal(signal.SIGSTOP)
         try:
             daemon.source.release.set()
             _wait(
                 lambda: daemon.source.replacements >= 1, 3 * COMMIT_TIMEOUT_S, "the consumer replaced", daemon
             )
         finally:
-            _signal(broker, signal.SIGCONT)
-        produce(ingest.kafka, ingest.topic, events[600:])
-        _wait(lambda: dataset_count(postgres_database) == 900, RECOVERY_S, "all 900 registered", daemon)
-        _wait(lambda: _committed_total(ingest) == 900, 60, "every offset committed", daemon)
-        assert "stalled" not in daemon.health.ready()[1]["not_ready"]
+            broker.send_signal(signal.SIGCONT)
+        _finish(ingest, daemon, events[600:], postgres_database)
         assert daemon.runner.stats.outcomes[Outcome.already_present] > 0  # the batch was read again
     finally:
         daemon.close()

@@ -110,7 +110,7 @@ from ingestd.kafka import (
     make_producer,
 )
 from ingestd.log import get_logger
-from monitoring.http_server import HealthState
+from monitoring.http_server import HealthState, StallWatch
 from monitoring.metrics import MirrorMetrics, TransactionResult
 
 from ._errors import MirrorFatalError, MirrorFencedError
@@ -265,9 +265,8 @@ class Replicator:
         self._build_attempts = 0
         self._next_build = 0.0
         self._awaiting_fallback: dict[_Key, int] = {}
-        self._last_progress = time.monotonic()
+        self._stall = StallWatch(health, settings.stall_limit_s)
         self._last_problem = ""
-        self._stalled = False
         self._rejoins: list[float] = []
         self._lag_waiting = False
         self._unfinished = False
@@ -402,24 +401,19 @@ class Replicator:
         if not work_waiting:
             self._made_progress()
             return
-        stalled_s = time.monotonic() - self._last_progress
-        if stalled_s > self._settings.stall_limit_s and not self._stalled:
-            self._stalled = True
-            message = (
+        stalled_s = self._stall.check(
+            lambda stalled_s: (
                 f"no transaction committed for {stalled_s:.0f} s while records wait "
                 f"(stall limit {self._settings.stall_limit_s:.0f} s); "
                 f"last problem: {self._last_problem or 'none'}"
             )
-            self._health.set_not_ready("stalled", message)
+        )
+        if stalled_s is not None:
             self._metrics.observe_error("stalled")
             logger.error("mirror.stalled", stalled_s=round(stalled_s), last_problem=self._last_problem)
 
     def _made_progress(self) -> None:
-        self._last_progress = time.monotonic()
-        self._health.beat()
-        if self._stalled:
-            self._stalled = False
-            self._health.set_ready("stalled")
+        if self._stall.progress():
             logger.info("mirror.stall_over")
 
     def _note_problem(self, what: str, error: BaseException | KafkaError) -> None:

@@ -7,7 +7,7 @@
   rules as files, checked against the catalogue; :mod:`monitoring.docs` renders ``docs/METRICS.md``.
 """
 
-from .http_server import HealthServer, HealthState
+from .http_server import HealthServer, HealthState, StallWatch
 from .metrics import IngestMetrics, MirrorMetrics, PublisherMetrics
 
-__all__ = ["HealthServer", "HealthState", "IngestMetrics", "MirrorMetrics", "PublisherMetrics"]
+__all__ = ["HealthServer", "HealthState", "IngestMetrics", "MirrorMetrics", "PublisherMetrics", "StallWatch"]

@@ -20,7 +20,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-__all__ = ["HealthServer", "HealthState"]
+__all__ = ["HealthServer", "HealthState", "StallWatch"]
 
 
 @dataclass
@@ -63,6 +63,54 @@ class HealthState:
         with self._lock:
             reasons = dict(self._not_ready)
         return not reasons, {"not_ready": reasons}
+
+
+class StallWatch:
+    """Liveness and the ``stalled`` readiness reason kept true to the progress a service makes.
+
+    A loop that turns without progress (retrying, or polling partitions it never
+    fetches) must not look healthy. The service calls :meth:`progress` when it made
+    some (committed, or has nothing left to do): that beats liveness and ends a stall.
+    While work waits it calls :meth:`check`; once ``limit_s`` passed since the last
+    progress, readiness gets the ``stalled`` reason, once per stall.
+
+    Parameters
+    ----------
+    health
+        The state ``/healthz`` and ``/readyz`` read.
+    limit_s
+        Seconds without progress while work waits before readiness reports the stall.
+    """
+
+    def __init__(self, health: HealthState, limit_s: float) -> None:
+        self.health = health
+        self.limit_s = limit_s
+        self._last_progress = time.monotonic()
+        self._stalled = False
+
+    def progress(self) -> bool:
+        """Beat liveness; return whether this ended a stall (so the caller can log it)."""
+        self._last_progress = time.monotonic()
+        self.health.beat()
+        if not self._stalled:
+            return False
+        self._stalled = False
+        self.health.set_ready("stalled")
+        return True
+
+    def check(self, describe: Callable[[float], str]) -> float | None:
+        """Work waits: report a stall past the limit; return its age when it has just begun, else None.
+
+        ``describe(stalled_s)`` gives the readiness message (what waits, the last problem).
+        """
+        if self._stalled:
+            return None
+        stalled_s = time.monotonic() - self._last_progress
+        if stalled_s <= self.limit_s:
+            return None
+        self._stalled = True
+        self.health.set_not_ready("stalled", describe(stalled_s))
+        return stalled_s
 
 
 class HealthServer:

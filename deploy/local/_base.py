@@ -198,18 +198,25 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
-def process_tree_rss_bytes(pid: int) -> int:
-    """Resident memory of a process and all its descendants (PostgreSQL forks a backend per task)."""
-    total, stack = 0, [pid]
+def _process_tree(pid: int) -> Iterator[int]:
+    """``pid`` and all its descendants (PostgreSQL forks a backend per task)."""
+    stack = [pid]
     while stack:
         current = stack.pop()
+        yield current
+        stack.extend(_children(current))
+
+
+def process_tree_rss_bytes(pid: int) -> int:
+    """Resident memory of a process and all its descendants."""
+    total = 0
+    for member in _process_tree(pid):
         try:
-            for line in Path(f"/proc/{current}/status").read_text().splitlines():
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1]) * 1024
         except OSError:
             continue
-        stack.extend(_children(current))
     return total
 
 
@@ -219,17 +226,14 @@ def process_tree_cpu_s(pid: int) -> float:
     ``utime + stime`` of every live process of the tree, plus ``cutime + cstime`` (the
     CPU of children that exited and were waited for: PostgreSQL's finished backends).
     """
-    ticks = os.sysconf("SC_CLK_TCK")
-    total, stack = 0, [pid]
-    while stack:
-        current = stack.pop()
+    ticks = 0
+    for member in _process_tree(pid):
         try:
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        total += sum(int(value) for value in fields[11:15])
-        stack.extend(_children(current))
-    return total / ticks
+        ticks += sum(int(value) for value in fields[11:15])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 class Server(ABC):

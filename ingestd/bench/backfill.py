@@ -114,7 +114,7 @@ def _backfill(command: list[str], env: dict[str, str]) -> tuple[int, float, floa
     the child's maximum at ``exec``, so it reported this benchmark's own memory (which
     holds the N generated files) rather than the backfill's, and grew with N.
     """
-    from ingestd.e2e._processes import read_usage
+    from ingestd.e2e import read_usage
 
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         before = os.times()

@@ -454,9 +454,7 @@ class Engine:
             try:
                 os.stat(planned.path)
             except FileNotFoundError as error:
-                what = "dimension export" if isinstance(planned, ImportDimensions) else "zip"
-                item.settle(Outcome.parked, FILE_NOT_VISIBLE, f"{what} {planned.path} not found: {error}")
-                item.waiting_for_file = True
+                _park_not_found(item, planned, error)
                 continue
             except OSError:
                 pass  # unreadable for another reason: the registry reports it
@@ -478,8 +476,7 @@ class Engine:
         except EngineError:
             raise
         except FileNotFoundError as error:
-            item.settle(Outcome.parked, FILE_NOT_VISIBLE, f"{what} {planned.path} not found: {error}")
-            item.waiting_for_file = True
+            _park_not_found(item, planned, error)
             return
         except OSError as error:
             item.settle(Outcome.rejected, "file_unreadable", f"cannot read {what} {planned.path}: {error}")
@@ -585,6 +582,13 @@ class Engine:
 def _dataset(planned: Planned) -> DatasetRecord:
     assert isinstance(planned, RegisterDataset)
     return planned.record
+
+
+def _park_not_found(item: _Item, planned: ImportDimensions | ImportZip, error: FileNotFoundError) -> None:
+    """Park an import whose file the file system does not show (yet): it may still arrive."""
+    what = "dimension export" if isinstance(planned, ImportDimensions) else "zip"
+    item.settle(Outcome.parked, FILE_NOT_VISIBLE, f"{what} {planned.path} not found: {error}")
+    item.waiting_for_file = True
 
 
 def _import_request(planned: Planned) -> ImportRequest:

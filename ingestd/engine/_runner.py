@@ -14,11 +14,12 @@ progress) see the reports only after the acknowledgement, and can neither block
 nor fail the loop.
 
 Liveness follows progress, not the loop: ``/healthz`` is beaten when a batch is
-acknowledged, or on an idle turn with nothing left to read (no records returned and,
-for a consumer group, no records waiting on its partitions). A loop that turns
-without either -- partitions assigned but never fetched, a call that never returns
--- stops beating, so the supervisor restarts the process after the liveness timeout;
-and once records have waited for ``stall_limit_s`` without an acknowledgement,
+acknowledged, on an idle turn with nothing left to read (no records returned and,
+for a consumer group, no records waiting on its partitions), and by the retrier's
+back-off while a dependency is away. A loop that turns without any of these --
+partitions assigned but never fetched, a call that never returns -- stops beating,
+so the supervisor restarts the process after the liveness timeout; and once records
+have waited for ``stall_limit_s`` without an acknowledgement (back-offs included),
 ``/readyz`` says ``stalled: no commit for N s with M records lagging``.
 
 Between batches, and while the source is idle, the runner also re-drives events
@@ -41,7 +42,7 @@ from butler_registry.interface import TransientRegistryError
 from ingestd.log import get_logger
 from ingestd.sources import KafkaGroupSource, RawRecord, Source, TransientSourceError
 from ingestd.work import EventReport, Outcome
-from monitoring.http_server import HealthState
+from monitoring.http_server import HealthState, StallWatch
 from monitoring.metrics import IngestMetrics, Stage
 
 from ._control import Retrier, StopToken
@@ -196,11 +197,9 @@ class Runner:
         self._last_pending_gauge = 0.0
         self._retry_parked = 0
         self._store_parked = 0
-        self._stall_limit = stall_limit_s
-        self._last_progress = time.monotonic()
-        self._stalled = False
+        self._stall = StallWatch(health, stall_limit_s) if health is not None else None
         if health is not None:
-            # A back-off is not progress either: a long one is reported as a stall too.
+            # A back-off keeps liveness (the retrier beats it) but is no progress: a long one is a stall.
             self.retrier.during_backoff = lambda: self._check_stall(self._waiting())
 
     def run(self) -> RunStats:
@@ -248,13 +247,7 @@ class Runner:
 
     def _made_progress(self) -> None:
         """A batch was acknowledged, or nothing is left to read: beat liveness, end a stall."""
-        self._last_progress = time.monotonic()
-        if self.health is None:
-            return
-        self.health.beat()
-        if self._stalled:
-            self._stalled = False
-            self.health.set_ready("stalled")
+        if self._stall is not None and self._stall.progress():
             logger.info("ingest_stall_over")
 
     def _check_idle(self) -> None:
@@ -263,7 +256,7 @@ class Runner:
         Records waiting on the assigned partitions while none are returned is the
         failure the stall check exists for (partitions assigned but never fetched).
         """
-        if self.health is None:
+        if self._stall is None:
             return
         waiting = self._waiting()
         if waiting == 0:
@@ -283,17 +276,17 @@ class Runner:
 
     def _check_stall(self, waiting: int) -> None:
         """Report the stall on readiness once records waited ``stall_limit_s`` without a commit."""
-        if self.health is None or self._stalled:
+        if self._stall is None:
             return
-        stalled_s = time.monotonic() - self._last_progress
-        if stalled_s <= self._stall_limit:
-            return
-        self._stalled = True
-        self.health.set_not_ready(
-            "stalled",
-            f"no commit for {stalled_s:.0f} s with {waiting} records lagging "
-            f"(stall limit {self._stall_limit:.0f} s)",
+        limit_s = self._stall.limit_s
+        stalled_s = self._stall.check(
+            lambda stalled_s: (
+                f"no commit for {stalled_s:.0f} s with {waiting} records lagging "
+                f"(stall limit {limit_s:.0f} s)"
+            )
         )
+        if stalled_s is None:
+            return
         if self.metrics is not None:
             self.metrics.observe_error(self.metrics.kafka_errors, "stalled")
         logger.error("ingest_stalled", stalled_s=round(stalled_s), waiting=waiting)

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ingestd.bench._sidecars import HSC_DETECTORS, hsc_calexp_sidecar
+
 SAMPLES = Path(__file__).resolve().parents[2] / "data" / "samples"
 RUCIO_PREFIX = "root://xrd5:1098//rucio/"
 """dst-url prefix of the samples (RSE XRD5)."""
@@ -47,31 +49,11 @@ class SyntheticDataset:
         payload["dst-url"] = rucio_prefix + name
         payload["transfer-id"] = str(uuid.uuid5(self.dataset_id, "transfer"))
         payload["file-size"] = payload["bytes"] = 1000 + self.detector
-        payload["rubin_sidecar"] = json.dumps(
-            {
-                "id": str(self.dataset_id),
-                "datasetType": {
-                    "name": "calexp",
-                    "storageClass": "ExposureF",
-                    "dimensions": ["instrument", "detector", "visit"],
-                },
-                "dataId": {
-                    "dataId": {
-                        "instrument": "HSC",
-                        "detector": self.detector,
-                        "visit": 330,
-                        "band": "y",
-                        "physical_filter": "HSC-Y",
-                    }
-                },
-                "run": self.run,
-            },
-            separators=(",", ":"),
-        )
+        payload["rubin_sidecar"] = hsc_calexp_sidecar(self.dataset_id, self.detector, self.run)
         return encode(message)
 
 
-DETECTORS = 112
+DETECTORS = HSC_DETECTORS
 """Detectors of HSC in prep.yaml (0..111): distinct data IDs per run."""
 
 

@@ -290,10 +290,8 @@ class PublisherSettings(BaseSettings):
         title="Batch size",
         description=(
             "Most rows claimed (or records consumed) and published per transaction; a trickle is "
-            "published as it comes whatever this is. Rucio's messages table has no index on "
-            "created_at, so every claim sorts the whole backlog (~0.9 s of the database's CPU at "
-            "1,000,000 rows, whatever the limit): 10,000 per claim drains a large backlog ten times "
-            "faster than 1,000 did."
+            "published as it comes whatever this is. The rows of a claim are held in memory and "
+            "locked until Kafka confirms them; 10,000 keeps a claim under a second of work."
         ),
     )
     poll_interval_s: float = Field(
@@ -301,7 +299,11 @@ class PublisherSettings(BaseSettings):
         gt=0,
         le=300,
         title="Poll interval (s)",
-        description="Sleep between polls when there is nothing to publish.",
+        description=(
+            "Sleep between polls when there is nothing to publish. Right after a large backlog, until "
+            "autovacuum has cleaned Rucio's messages table, finding it empty costs a scan: polls are "
+            "then spaced by twenty times that scan's duration."
+        ),
     )
     delivery_timeout_s: float = Field(
         30.0,
@@ -321,7 +323,11 @@ class PublisherSettings(BaseSettings):
         5.0,
         gt=0,
         title="Backlog refresh (s)",
-        description="How often the backlog and oldest-message-age gauges are refreshed.",
+        description=(
+            "How often the backlog and oldest-message-age gauges are refreshed. Counting scans Rucio's "
+            "whole messages table, so with a large backlog the counts are spaced further (never more "
+            "than 2 % of the time)."
+        ),
     )
     http_host: str = Field(
         "0.0.0.0",

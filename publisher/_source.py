@@ -1,13 +1,21 @@
 """Rucio's ``messages`` table as a queue several publishers can share.
 
-A batch is *claimed* in one transaction: ``SELECT ... ORDER BY created_at LIMIT n
-FOR UPDATE SKIP LOCKED`` locks the oldest rows of the wanted event types and
-services that no other publisher holds, so two instances never publish the same
-row at once and neither waits for the other. The same transaction later
-*archives* the rows Kafka confirmed (insert into ``messages_history``, delete from
-``messages``, as Rucio's Hermes does) and commits; rows whose records failed are
-simply not archived, and the commit releases their locks. A crash at any point
-rolls the transaction back: every row not archived is still there, unlocked.
+A batch is *claimed* in one transaction: ``SELECT ... FOR UPDATE SKIP LOCKED``
+locks the oldest rows of the wanted event types and services that no other
+publisher holds, so two instances never publish the same row at once and neither
+waits for the other. The same transaction later *archives* the rows Kafka
+confirmed (insert into ``messages_history``, delete from ``messages``, as Rucio's
+Hermes does) and commits; rows whose records failed are simply not archived, and
+the commit releases their locks. A crash at any point rolls the transaction back:
+every row not archived is still there, unlocked.
+
+Rucio's ``messages`` table has no index on ``created_at``, so finding the oldest
+rows reads and sorts the whole table (0.3-0.6 s at 1,000,000 rows). Hermes does
+that for every batch; here one sorted scan *plans* the next
+:data:`PLAN_ROWS` ids, oldest first, and each claim then locks the next ids of
+the plan by primary key. A row written after the plan is newer than every planned
+row, so the order is the same; a plan is dropped whenever a claim leaves rows
+behind (failed deliveries), so those are claimed again before anything newer.
 
 Notes
 -----
@@ -21,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from collections import deque
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,7 +43,16 @@ from ._errors import ConfigurationError, SourceUnavailableError
 from ._messages import RucioMessage
 from ._tables import RucioTables
 
-__all__ = ["Backlog", "Claim", "MessageTable"]
+__all__ = ["PLAN_ROWS", "Backlog", "Claim", "MessageTable"]
+
+PLAN_ROWS = 100_000
+"""Ids planned by one sorted scan of the table: ten claims of the default size.
+
+Measured on 1,000,000 rows of Rucio's table: the scan that plans 100,000 ids takes
+0.6 s, one that finds the oldest 10,000 (what Hermes does per batch) 0.34 s, so a
+large backlog costs the database a tenth of the sorting. The plan holds about
+12 MB of ids at most.
+"""
 
 _NOLIMIT = "nolimit"
 """What Rucio writes into ``payload`` when the payload went to ``payload_nolimit``."""
@@ -96,6 +114,8 @@ class MessageTable:
         Event types to publish.
     services
         ``services`` values to claim; None for every service.
+    plan_rows
+        Ids planned per sorted scan (see the module's notes); at least a claim's size is planned.
     """
 
     def __init__(
@@ -104,12 +124,16 @@ class MessageTable:
         tables: RucioTables,
         event_types: Sequence[str],
         services: Sequence[str] | None,
+        *,
+        plan_rows: int = PLAN_ROWS,
     ) -> None:
         self.engine = engine
         self.tables = tables
         self.event_types = list(event_types)
         self.services = None if services is None else list(services)
         self._postgres = engine.dialect.name == "postgresql"
+        self._plan_rows = plan_rows
+        self._planned: deque[uuid.UUID] = deque()
 
     # -- start-up checks ----------------------------------------------------------------
     def check_schema(self) -> None:
@@ -174,6 +198,8 @@ class MessageTable:
 
         The transaction stays open for the block and commits when it ends normally
         (with whatever :meth:`Claim.archive` moved); it rolls back on an exception.
+        Rows left behind (not archived, or rolled back) make the next claim plan
+        afresh, so they go out before newer rows.
 
         Parameters
         ----------
@@ -187,10 +213,11 @@ class MessageTable:
         SourceUnavailableError
             When the database cannot be reached or the transaction fails.
         """
-        statement = self._claim_statement(limit, exclude)
+        excluded = exclude if isinstance(exclude, set | frozenset) else set(exclude)
+        complete = False
         try:
             with self.engine.connect() as connection, connection.begin():
-                rows = connection.execute(statement).all()
+                rows = self._lock_oldest(connection, limit, excluded)
                 claimed = [
                     RucioMessage(
                         id=row.id,
@@ -203,48 +230,72 @@ class MessageTable:
                     )
                     for row in rows
                 ]
-                yield Claim(self, connection, claimed)
+                claim = Claim(self, connection, claimed)
+                yield claim
+                complete = claim.archived == len(claimed)
         except DBAPIError as error:
             raise SourceUnavailableError(
                 f"Rucio database: {type(error.orig).__name__}: {error.orig}"
             ) from error
+        finally:
+            if not complete:
+                self._planned.clear()
 
-    def _claim_statement(self, limit: int, exclude: Collection[uuid.UUID]) -> sa.Select[Any]:
-        """``SELECT`` of the oldest wanted rows nobody holds, locking them.
+    def _lock_oldest(
+        self, connection: sa.Connection, limit: int, exclude: Collection[uuid.UUID]
+    ) -> list[sa.Row[Any]]:
+        """Lock the next planned rows still there and free; plan (once) when the plan runs out."""
+        planned_now = False
+        while True:
+            if not self._planned:
+                if planned_now:
+                    return []
+                self._plan(connection, max(limit, self._plan_rows), exclude)
+                planned_now = True
+                if not self._planned:
+                    return []
+            ids = self._next_planned(limit, exclude)
+            if ids:
+                rows = connection.execute(self._lock_statement(ids)).all()
+                if rows:
+                    return list(rows)
+            # Every planned row was taken by another publisher or is in back-off: go on.
 
-        On PostgreSQL the locking, sorting subquery handles only ids and the payloads
-        are fetched by primary key around it: three times faster than sorting and
-        locking the wide rows (measured: 21 ms instead of 60-70 ms per 1000 rows).
-        """
+    def _plan(self, connection: sa.Connection, rows: int, exclude: Collection[uuid.UUID]) -> None:
+        """Fill the plan with the ids of the oldest ``rows`` wanted rows (no lock taken)."""
         messages = self.tables.messages
-        columns = (
-            messages.c.id,
-            messages.c.event_type,
-            messages.c.payload,
-            messages.c.payload_nolimit,
-            messages.c.services,
-            messages.c.created_at,
-        )
         conditions = self._wanted()
         if exclude:
             conditions.append(self._id_filter(exclude, negate=True))
-        if not self._postgres:
-            return (
-                sa.select(*columns)
-                .where(*conditions)
-                .order_by(messages.c.created_at)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
+        statement = sa.select(messages.c.id).where(*conditions).order_by(messages.c.created_at).limit(rows)
+        self._planned.extend(connection.execute(statement).scalars())
+
+    def _next_planned(self, limit: int, exclude: Collection[uuid.UUID]) -> list[uuid.UUID]:
+        """Take up to ``limit`` ids off the plan, dropping those in back-off (a later plan has them)."""
+        ids: list[uuid.UUID] = []
+        planned = self._planned
+        while planned and len(ids) < limit:
+            planned_id = planned.popleft()
+            if planned_id not in exclude:
+                ids.append(planned_id)
+        return ids
+
+    def _lock_statement(self, ids: Sequence[uuid.UUID]) -> sa.Select[Any]:
+        """``SELECT`` of the rows ``ids`` that are still wanted and free, oldest first, locking them."""
+        messages = self.tables.messages
+        return (
+            sa.select(
+                messages.c.id,
+                messages.c.event_type,
+                messages.c.payload,
+                messages.c.payload_nolimit,
+                messages.c.services,
+                messages.c.created_at,
             )
-        locked = (
-            sa.select(messages.c.id)
-            .where(*conditions)
+            .where(self._id_filter(ids), *self._wanted())
             .order_by(messages.c.created_at)
-            .limit(limit)
             .with_for_update(skip_locked=True)
-            .scalar_subquery()
         )
-        return sa.select(*columns).where(messages.c.id.in_(locked)).order_by(messages.c.created_at)
 
     def archive(
         self,

@@ -113,7 +113,8 @@ class TablePublisher:
         with self.table.claim(self.batch_size, exclude=self.retry_book.waiting()) as claim:
             messages = claim.messages
             if not messages:
-                return BatchResult(duration_s=time.monotonic() - started)
+                took = time.monotonic() - started
+                return BatchResult(duration_s=took, empty_poll_cost_s=took)
             payloads = [parse_payload(message.payload_text) for message in messages]
             enrichment = self.enricher.enrich(payloads, connection=claim.connection)
             records = [

@@ -9,14 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from ingestd.cli import build_parser
 from ingestd.cli.commands.publish import explain
 from ingestd.sitemap import SiteMap
+from monitoring.http_server import HealthState
+from monitoring.metrics import PublisherMetrics
 from publisher import (
     UNROUTED_FACILITY,
     Backoff,
+    BatchResult,
     Did,
     Enricher,
     RetryBook,
@@ -27,6 +31,7 @@ from publisher import (
     encode_envelope,
     load_publisher_settings,
     parse_payload,
+    run_loop,
 )
 from publisher._settings import PublisherSettings
 
@@ -353,3 +358,52 @@ def test_retry_book_holds_back_failed_ids_with_growing_delays() -> None:
     assert len(book) == 1
     book.failed([uuid.uuid4() for _ in range(5)], now=0.0)
     assert len(book) == 3  # bounded
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop's pacing of idle polls and backlog counts
+
+
+class _RecordingStop:
+    """A stop event that records each wait and stops the loop after ``waits`` of them."""
+
+    def __init__(self, waits: int) -> None:
+        self.delays: list[float] = []
+        self._waits = waits
+
+    def is_set(self) -> bool:
+        return len(self.delays) >= self._waits
+
+    def wait(self, timeout: float) -> bool:
+        self.delays.append(timeout)
+        return self.is_set()
+
+
+class _IdleWorker:
+    def __init__(self, empty_poll_cost_s: float) -> None:
+        self.cost = empty_poll_cost_s
+        self.backlog_counts = 0
+
+    def publish_batch(self) -> BatchResult:
+        return BatchResult(duration_s=self.cost, empty_poll_cost_s=self.cost)
+
+    def refresh_backlog(self) -> None:
+        self.backlog_counts += 1
+
+
+@pytest.mark.parametrize(("cost_s", "expected_s"), [(0.001, 0.05), (0.2, 4.0)])
+def test_idle_polls_are_spaced_by_what_finding_nothing_cost(cost_s: float, expected_s: float) -> None:
+    # A cheap empty poll waits the configured interval; a slow one (a bloated table) twenty times its cost.
+    stop = _RecordingStop(waits=3)
+    worker = _IdleWorker(cost_s)
+    run_loop(
+        worker,
+        stop=stop,  # type: ignore[arg-type]
+        health=HealthState(),
+        metrics=PublisherMetrics(CollectorRegistry()),
+        poll_interval_s=0.05,
+        max_backoff_s=1.0,
+        backlog_interval_s=3600.0,
+    )
+    assert stop.delays == [pytest.approx(expected_s)] * 3
+    assert worker.backlog_counts == 1  # once at start, then not before the interval

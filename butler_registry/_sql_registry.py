@@ -16,7 +16,7 @@ from ingestd.log import get_logger
 from ._access import grant_readonly
 from ._butler_yaml import ExportContents, ExportFormatError, read_export
 from ._cache import BoundedCache
-from ._datasets import MAX_SINGLE_STATEMENT_ROWS
+from ._datasets import MAX_SINGLE_STATEMENT_ROWS, Row, insert_datasets
 from ._dimensions import DataIdChecker, DimensionStore, RecordKey, record_references
 from ._engine import WRITE_OPTIONS, Backend, backend_of, create_registry_engine, translate_errors
 from ._export import ExportSummary, write_export
@@ -250,29 +250,38 @@ class SqlRegistry(Registry):
         to_write: Sequence[tuple[int, _Reading]],
         results: list[ImportResult | None],
     ) -> None:
-        """Write the readable files in one transaction, each in a savepoint, filling ``results``."""
+        """Write the readable files in one transaction, filling ``results``.
+
+        Dimension exports go first, in order, each in a savepoint (all of a file's
+        records or none). Zips follow: each one's records, dataset types and runs are
+        settled in turn, then the datasets of every zip are inserted together, one
+        statement for the lot, and their file records with one more.
+        """
         seconds: dict[int, float] = {}
         log_rows: list[dict[str, object]] = []
         transaction = TransactionCaches(self._caches)
+        zips = [(index, reading) for index, reading in to_write if reading.export is None]
         with translate_errors("importing Butler files"), self._writer.begin() as connection:
             transaction.prefetch(connection, self._prefetch_keys(reading for _index, reading in to_write))
             for index, reading in to_write:
+                if reading.export is None:
+                    continue
                 started = time.perf_counter()
                 writer = BatchWriter(self.universe, transaction.caches, connection, self._checker)
-                if reading.export is None:
-                    # A zip never rolls back: its items fail one by one, as in a register batch.
-                    results[index] = self._write_reading(writer, reading)
-                else:
-                    try:
-                        with connection.begin_nested():
-                            results[index] = self._write_reading(writer, reading)
-                    except _RollbackError as rollback:
-                        results[index] = rollback.result
-                        continue
+                try:
+                    with connection.begin_nested():
+                        results[index] = self._write_reading(writer, reading)
+                except _RollbackError as rollback:
+                    results[index] = rollback.result
+                    continue
                 transaction.learn(writer.learned)
                 if writer.learned.records_inserted or writer.learned.datasets_inserted:
                     log_rows.append(self._import_log_row(requests[index], writer.learned))
                 seconds[index] = time.perf_counter() - started
+            if zips:
+                for index, learned in self._write_zips(connection, transaction, zips, results):
+                    if learned.records_inserted or learned.datasets_inserted:
+                        log_rows.append(self._import_log_row(requests[index], learned))
             if log_rows:
                 connection.execute(sa.insert(IMPORT_LOG), log_rows)
         transaction.commit()
@@ -289,35 +298,63 @@ class SqlRegistry(Registry):
                     seconds=round(seconds[index], 3),
                 )
 
-    def _write_reading(self, writer: BatchWriter, reading: _Reading) -> ImportResult:
-        """Write one file on the writer's connection (inside its savepoint)."""
-        if reading.export is not None:
-            return self._import_result(
-                self._import_contents(writer, reading.export, reading.records, reading.prepared)
+    def _write_zips(
+        self,
+        connection: sa.Connection,
+        transaction: TransactionCaches,
+        zips: Sequence[tuple[int, _Reading]],
+        results: list[ImportResult | None],
+    ) -> list[tuple[int, Learned]]:
+        """Write several zips' datasets with one insert; a zip never rolls back, its items fail one by one.
+
+        A dataset named by two zips of the list is offered once (by the first); the
+        second compares with it, as it would have in a transaction of its own.
+        """
+        planned: list[tuple[int, _Reading, BatchWriter, list[Row], set[uuid.UUID]]] = []
+        offered: dict[uuid.UUID, Row] = {}
+        for index, reading in zips:
+            assert reading.prepared is not None
+            writer = BatchWriter(self.universe, transaction.caches, connection, self._checker)
+            rows = writer.plan(reading.prepared, reading.records)
+            transaction.learn(writer.learned)  # later zips see the records this one wrote
+            own = {row.item.dataset_id for row in rows if row.item.dataset_id not in offered}
+            offered.update((row.item.dataset_id, row) for row in rows if row.item.dataset_id in own)
+            planned.append((index, reading, writer, rows, own))
+        inserted = insert_datasets(connection, list(offered.values()))
+        components: list[dict[str, object]] = []
+        learned_by_zip: list[tuple[int, Learned]] = []
+        for index, reading, writer, rows, own in planned:
+            assert reading.prepared is not None
+            assert reading.zipped is not None
+            mine = inserted & own
+            settled = writer.settle(reading.prepared, rows, mine)
+            components.extend(
+                {
+                    "dataset_id": c.dataset_id,
+                    "component": c.component,
+                    "path": c.file.path,
+                    "file_size": c.file.size,
+                    "formatter": c.file.formatter,
+                }
+                for c in reading.zipped.components
+                if c.dataset_id in mine
             )
-        assert reading.zipped is not None
-        assert reading.prepared is not None
-        zipped = reading.zipped
-        results = writer.write(reading.prepared, reading.records)
-        inserted_ids = {r.dataset_id for r in results.values() if r.status is ItemStatus.inserted}
-        components = [c for c in zipped.components if c.dataset_id in inserted_ids]
+            items = tuple(settled[item] for item in range(len(reading.zipped.datasets)))
+            learned = writer.learned
+            results[index] = self._import_result(
+                _ImportOutcome(learned.records_inserted, learned.records_present, items)
+            )
+            learned_by_zip.append((index, learned))
         if components:
-            writer.connection.execute(
-                sa.insert(DATASET_FILE),
-                [
-                    {
-                        "dataset_id": c.dataset_id,
-                        "component": c.component,
-                        "path": c.file.path,
-                        "file_size": c.file.size,
-                        "formatter": c.file.formatter,
-                    }
-                    for c in components
-                ],
-            )
-        items = tuple(results[index] for index in range(len(zipped.datasets)))
-        learned = writer.learned
-        return self._import_result(_ImportOutcome(learned.records_inserted, learned.records_present, items))
+            connection.execute(sa.insert(DATASET_FILE), components)
+        return learned_by_zip
+
+    def _write_reading(self, writer: BatchWriter, reading: _Reading) -> ImportResult:
+        """Write one dimension export on the writer's connection (inside its savepoint)."""
+        assert reading.export is not None
+        return self._import_result(
+            self._import_contents(writer, reading.export, reading.records, reading.prepared)
+        )
 
     def _canonical_records(
         self, entries: Iterable[tuple[str, list[dict[str, object]]]]

@@ -168,13 +168,32 @@ class BatchWriter:
         shared_records
             Dimension records that every item depends on (a zip's records).
         """
+        rows = self.plan(batch, shared_records)
+        return self.settle(batch, rows, insert_datasets(self.connection, rows))
+
+    def plan(self, batch: PreparedBatch, shared_records: Sequence[CanonicalRecord] = ()) -> list[Row]:
+        """Steps 1 to 4 of :meth:`write`: the rows left to insert (the other items have results).
+
+        Shipped records are written here; the datasets are not, so that several
+        writers' rows can be inserted by one statement and each writer then
+        :meth:`settle` its own.
+        """
         self._results = dict(batch.results)
         pending = list(batch.items)
         pending = self._write_records(pending, shared_records)
         pending = self._resolve_dataset_types(pending)
         rows = self._resolve_runs(pending)
-        rows = self._check_data_ids(rows)
-        self._write_datasets(rows)
+        return self._check_data_ids(rows)
+
+    def settle(
+        self, batch: PreparedBatch, rows: list[Row], inserted: set[uuid.UUID]
+    ) -> dict[int, ItemResult]:
+        """Step 5 once ``rows`` were offered to the registry: ``inserted`` are this writer's new ids.
+
+        The rows not inserted are compared with what the registry holds
+        (already present, or a conflict); returns the result of every item.
+        """
+        self._settle_datasets(rows, inserted)
         for index, first in batch.repeats.items():
             self._results[index] = self._repeat_result(self._results[first], first)
         return self._results
@@ -577,7 +596,9 @@ class BatchWriter:
     # -- 4 and 5. datasets ----------------------------------------------------------------------
 
     def _write_datasets(self, rows: list[Row]) -> None:
-        inserted = insert_datasets(self.connection, rows)
+        self._settle_datasets(rows, insert_datasets(self.connection, rows))
+
+    def _settle_datasets(self, rows: list[Row], inserted: set[uuid.UUID]) -> None:
         self.learned.datasets_inserted += len(inserted)
         others = []
         for row in rows:

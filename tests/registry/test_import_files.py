@@ -209,3 +209,24 @@ def test_zip_items_fail_one_by_one_next_to_other_files(
     assert [result.status for result in results] == [ItemStatus.conflict, ItemStatus.inserted]
     assert statuses(results[0].datasets) == [ItemStatus.inserted, ItemStatus.conflict]
     assert registry.stats().datasets == 3
+
+
+def test_zips_named_twice_or_sharing_a_dataset_settle_as_one_call_per_file(
+    open_registry_at: Callable[[str], SqlRegistry], datasets: DatasetFactory, tmp_path: Path
+) -> None:
+    # A batch's zips are inserted by one statement: a dataset two of them name is offered once,
+    # and the other zip compares with it exactly as it would in a transaction of its own.
+    shared = datasets.calexp(11)
+    first = write_butler_zip(tmp_path / "first.zip", [shared, datasets.calexp(12)])
+    second = write_butler_zip(tmp_path / "second.zip", [shared, datasets.calexp(13)])
+    batch = [_zip(first), _zip(second), _zip(first)]
+    batched, one_by_one = open_registry_at("batched"), open_registry_at("one_by_one")
+
+    together = batched.import_files(batch)
+    separately = Registry.import_files(one_by_one, batch)
+
+    assert [statuses(r.datasets) for r in together] == [statuses(r.datasets) for r in separately]
+    assert statuses(together[0].datasets) == [ItemStatus.inserted] * 2
+    assert statuses(together[2].datasets) == [ItemStatus.already_present] * 2
+    assert together[1].datasets[1].status is ItemStatus.inserted
+    assert batched.stats() == one_by_one.stats()

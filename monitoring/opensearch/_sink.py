@@ -44,6 +44,8 @@ logger = get_logger(__name__)
 
 RETRIABLE_STATUSES: Final = frozenset({429, 502, 503, 504})
 """Whole-request HTTP statuses that mean "come back later", like an unreachable cluster."""
+_BULK_RESPONSE_FIELDS: Final = "errors,items.*.status,items.*.error"
+"""``filter_path`` of bulk requests: per item only what settling reads (not index, id, version, shards)."""
 
 
 class Sink(Protocol):
@@ -323,7 +325,8 @@ class EventSink:
         self._ensure_template()
         body = bulk_body(pending.document for pending in batch)
         try:
-            response = self._client.bulk(body=body)
+            # Only what settling needs comes back: per item its status (and error, if any).
+            response = self._client.bulk(body=body, filter_path=_BULK_RESPONSE_FIELDS)
         except OpenSearchConnectionError as error:
             raise _UnreachableError(type(error).__name__) from error
         except TransportError as error:

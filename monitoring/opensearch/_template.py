@@ -18,6 +18,8 @@ import json
 from enum import StrEnum
 from typing import Any, Final
 
+import orjson
+
 from ._settings import OpenSearchSettings
 
 __all__ = [
@@ -107,12 +109,28 @@ class TemplateInstall(StrEnum):
 
 
 def make_client(settings: OpenSearchSettings) -> Any:
-    """Build an ``opensearchpy.OpenSearch`` client for ``settings`` (no request is made)."""
+    """Build an ``opensearchpy.OpenSearch`` client for ``settings`` (no request is made).
+
+    Responses are parsed with orjson: the client's own parser (the standard
+    library's) spent more of the daemon's time reading bulk responses than
+    building the documents did.
+    """
     from opensearchpy import OpenSearch
+    from opensearchpy.exceptions import SerializationError
+    from opensearchpy.serializer import JSONSerializer
+
+    class OrjsonResponses(JSONSerializer):
+        """The client's JSON serializer, with orjson reading the responses."""
+
+        def loads(self, s: str | bytes) -> Any:
+            try:
+                return orjson.loads(s)
+            except orjson.JSONDecodeError as error:
+                raise SerializationError(s, error) from error
 
     if not settings.enabled:
         raise ValueError("no OpenSearch URL configured (INGESTD_OPENSEARCH_URLS)")
-    return OpenSearch(**settings.client_kwargs())
+    return OpenSearch(**settings.client_kwargs(), serializer=OrjsonResponses())
 
 
 def install_template(client: Any, settings: OpenSearchSettings) -> TemplateInstall:

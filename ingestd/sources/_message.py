@@ -33,6 +33,8 @@ def normalise_headers(raw: Iterable[tuple[str, Any]] | Mapping[str, Any] | None)
     """Headers as ``(name, bytes)`` pairs, whatever form the client gives them in."""
     if raw is None:
         return ()
+    if raw.__class__ is list and all(value.__class__ is bytes for _name, value in raw):
+        return tuple(raw)  # what confluent-kafka gives: its pairs are used as they are
     pairs = raw.items() if isinstance(raw, Mapping) else raw
     result = []
     for name, value in pairs:

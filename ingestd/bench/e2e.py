@@ -424,6 +424,7 @@ def run_e2e(
                 dimension_files=ledger.dimension_files,
                 timeout_s=timeout_s,
                 on_progress=report,
+                events=ledger.facility_events,
             )
             done = time.monotonic()
             done_wall = time.time()

@@ -483,7 +483,7 @@ class Chain:
     def _daemon_registered_events(self) -> float:
         """``ingestd_events_total{outcome="registered"}`` from the daemon's ``/metrics`` (0 if unreadable)."""
         try:
-            text = self.services["daemon"].metrics_text(timeout_s=2.0)
+            text = self.services["daemon"].metrics_text(timeout_s=2.0, names=["ingestd_events_total"])
         except (OSError, ServiceError):
             return 0.0
         total = 0.0

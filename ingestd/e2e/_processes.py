@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -226,11 +227,12 @@ class ServiceProcess:
                 return error.code, json.loads(body or b"{}")
             return error.code, {}
 
-    def metrics_text(self, timeout_s: float = 3.0) -> str:
-        """The Prometheus exposition of the service's ``/metrics``."""
+    def metrics_text(self, timeout_s: float = 3.0, *, names: Sequence[str] = ()) -> str:
+        """The Prometheus exposition of the service's ``/metrics`` (only ``names`` when given)."""
         if self.health_port is None:
             raise ServiceError(f"{self.name} has no metrics port")
-        url = f"http://127.0.0.1:{self.health_port}/metrics"
+        query = "?" + urllib.parse.urlencode([("name[]", name) for name in names]) if names else ""
+        url = f"http://127.0.0.1:{self.health_port}/metrics{query}"
         with urllib.request.urlopen(url, timeout=timeout_s) as response:
             body: bytes = response.read()
         return body.decode()

@@ -30,8 +30,13 @@ logger = get_logger(__name__)
 
 BACKLOG_COST_SPACING = 50.0
 """A backlog count is followed by at least this many times its own duration before the next."""
-EMPTY_POLL_COST_SPACING = 20.0
-"""A poll that found nothing is followed by at least this many times its own duration before the next."""
+EMPTY_POLL_COST_SPACING = 3.0
+"""A poll that found nothing is followed by at least this many times its own duration before the next.
+
+Three keeps polling an empty table under a quarter of one database core however bloated it is,
+and leaves the configured interval alone while an empty poll costs less than a third of it (a
+table drained at 1,000 events/s: ~15 ms); twenty cost a 0.3 s p99 in latency there.
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +227,7 @@ def run_loop(
                 worker.refresh_backlog()
                 return
             # An empty but bloated messages table (right after a large backlog, before
-            # autovacuum) costs a scan per poll: keep polling it under 5 % of the database's time.
+            # autovacuum) costs a scan per poll: keep polling it under a quarter of a core.
             stop.wait(max(poll_interval_s, EMPTY_POLL_COST_SPACING * result.empty_poll_cost_s))
             continue
         batches += 1

@@ -302,7 +302,7 @@ class PublisherSettings(BaseSettings):
         description=(
             "Sleep between polls when there is nothing to publish. Right after a large backlog, until "
             "autovacuum has cleaned Rucio's messages table, finding it empty costs a scan: polls are "
-            "then spaced by twenty times that scan's duration."
+            "then spaced by three times that scan's duration."
         ),
     )
     delivery_timeout_s: float = Field(

@@ -54,6 +54,8 @@ TARGET_EVENTS_PER_S = 5_000.0
 TARGET_P99_S = 1.0
 TARGET_P99_RATE = 1_000.0
 TARGET_RATE_SPREAD = 0.20
+DRAIN_PUBLISHER_POLL_S = 1.0
+"""The publisher's poll interval in drain mode: its shipped default (rate mode polls every 50 ms)."""
 
 
 def _progress(message: str) -> None:
@@ -358,6 +360,9 @@ def run_e2e(
     from ingestd.e2e._anchor_path import run_anchor_path
 
     tuning = Tuning(
+        # Rate mode measures latency, so the publisher polls every 50 ms; a drain never waits on
+        # an empty table until its end, and there the shipped default (1 s) is what operators run.
+        publisher_poll_interval_s=0.05 if rate is not None else DRAIN_PUBLISHER_POLL_S,
         publisher_batch_size=publisher_batch,
         daemon_batch_events=daemon_batch,
         daemon_batch_wait_s=daemon_wait_s,

@@ -129,8 +129,9 @@ class Tuning:
 
     The mirror's and the daemon's are their shipped defaults (transactions closed
     after 20 ms, batches after 50 ms); the publisher polls an empty table every 50 ms
-    rather than its default second, which is Rucio's database load for an operator to
-    choose. With a backlog every stage fills whole batches anyway.
+    rather than its default second (``ingestd bench e2e`` keeps the default in drain
+    mode), which is Rucio's database load for an operator to choose. With a backlog
+    every stage fills whole batches anyway.
     """
 
     publisher_batch_size: int = 10_000

@@ -569,10 +569,7 @@ class BatchWriter:
 
     def finish(self, batch: PreparedBatch, rows: list[Row]) -> dict[int, ItemResult]:
         """Insert the planned rows and settle the rest (after :meth:`plan_from_caches`)."""
-        self._write_datasets(rows)
-        for index, first in batch.repeats.items():
-            self._results[index] = self._repeat_result(self._results[first], first)
-        return self._results
+        return self.settle(batch, rows, insert_datasets(self.connection, rows))
 
     def _cached_record(self, key: RecordKey) -> tuple[bool, dict[str, Any] | None]:
         seen = self._known.get(key)
@@ -594,9 +591,6 @@ class BatchWriter:
         return True, cached
 
     # -- 4 and 5. datasets ----------------------------------------------------------------------
-
-    def _write_datasets(self, rows: list[Row]) -> None:
-        self._settle_datasets(rows, insert_datasets(self.connection, rows))
 
     def _settle_datasets(self, rows: list[Row], inserted: set[uuid.UUID]) -> None:
         self.learned.datasets_inserted += len(inserted)

@@ -88,8 +88,9 @@ class PostgresServer(Server):
                 "max_prepared_transactions = 50\n"
                 "log_min_messages = warning\n"
                 # A registry takes a write-heavy stream: with the defaults (1 GB, 5 min) a 1M-event
-                # run checkpoints every few seconds and each checkpoint makes every page written
-                # next carry a full-page image in the WAL (half of PostgreSQL's writes, measured).
+                # run checkpoints every few seconds, and the first change of each page after a
+                # checkpoint writes the whole page to the WAL (45 % of the registry inserts' WAL
+                # measured with the defaults, 11 % with these).
                 "max_wal_size = 4GB\n"
                 "checkpoint_timeout = 15min\n"
             )

@@ -16,6 +16,7 @@ from typing import Final
 from ._grafana import GRAFANA_UID, grafana_dashboard
 from ._saved_objects import INDEX_PATTERN_ID, saved_objects
 from ._validate import (
+    aggregatable_fields,
     grafana_expressions,
     mapped_fields,
     metric_names_in,
@@ -28,6 +29,7 @@ __all__ = [
     "GRAFANA_UID",
     "INDEX_PATTERN_ID",
     "SAVED_OBJECTS_PATH",
+    "aggregatable_fields",
     "check_dashboard_files",
     "grafana_dashboard",
     "grafana_expressions",

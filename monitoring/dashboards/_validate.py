@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any, Final
 
 from monitoring.metrics import catalogue
 from monitoring.opensearch import event_mappings
 
 __all__ = [
+    "aggregatable_fields",
     "grafana_expressions",
     "mapped_fields",
     "metric_names_in",
@@ -112,9 +113,9 @@ def validate_grafana(model: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def mapped_fields(mappings: Mapping[str, Any] | None = None) -> dict[str, str]:
-    """Return every searchable field of the event mappings (dotted, sub-fields included) with its type."""
-    fields: dict[str, str] = {}
+def _leaf_fields(mappings: Mapping[str, Any] | None) -> dict[str, Mapping[str, Any]]:
+    """Every leaf field of the event mappings (dotted, sub-fields included) with its mapping."""
+    fields: dict[str, Mapping[str, Any]] = {}
 
     def visit(properties: Mapping[str, Any], prefix: str) -> None:
         for name, spec in properties.items():
@@ -122,12 +123,26 @@ def mapped_fields(mappings: Mapping[str, Any] | None = None) -> dict[str, str]:
             if "properties" in spec:
                 visit(spec["properties"], f"{path}.")
                 continue
-            fields[path] = str(spec.get("type", "object"))
+            fields[path] = spec
             for sub, sub_spec in spec.get("fields", {}).items():
-                fields[f"{path}.{sub}"] = str(sub_spec.get("type"))
+                fields[f"{path}.{sub}"] = sub_spec
 
     visit((mappings or event_mappings())["properties"], "")
     return fields
+
+
+def mapped_fields(mappings: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """Return every searchable field of the event mappings (dotted, sub-fields included) with its type."""
+    return {path: str(spec.get("type", "object")) for path, spec in _leaf_fields(mappings).items()}
+
+
+def aggregatable_fields(mappings: Mapping[str, Any] | None = None) -> set[str]:
+    """Fields an aggregation or sort can use: those that keep their doc values (text never does)."""
+    return {
+        path
+        for path, spec in _leaf_fields(mappings).items()
+        if spec.get("type") != "text" and spec.get("doc_values", True) is not False
+    }
 
 
 def _json_attribute(problems: list[str], where: str, raw: Any) -> Any:
@@ -151,7 +166,13 @@ def _check_query(problems: list[str], where: str, source: Any, fields: Mapping[s
             problems.append(f"{where}: query field {field!r} is not mapped")
 
 
-def _check_aggs(problems: list[str], where: str, vis: Mapping[str, Any], fields: Mapping[str, str]) -> None:
+def _check_aggs(
+    problems: list[str],
+    where: str,
+    vis: Mapping[str, Any],
+    fields: Mapping[str, str],
+    aggregatable: Collection[str],
+) -> None:
     for key in ("title", "type", "aggs", "params"):
         if key not in vis:
             problems.append(f"{where}: visState has no {key!r}")
@@ -166,6 +187,11 @@ def _check_aggs(problems: list[str], where: str, vis: Mapping[str, Any], fields:
         field = agg.get("params", {}).get("field")
         if field is not None and field not in fields:
             problems.append(f"{where}: aggregation {agg.get('id')} uses unmapped field {field!r}")
+        elif field is not None and field not in aggregatable:
+            problems.append(
+                f"{where}: aggregation {agg.get('id')} uses {field!r}, which has no doc values "
+                "(an identifier field; see monitoring/opensearch/_template.py)"
+            )
         if agg.get("type") in ("sum", "avg", "percentiles") and fields.get(field or "") not in (
             "long",
             "integer",
@@ -184,6 +210,7 @@ def validate_saved_objects(text: str, mappings: Mapping[str, Any] | None = None)
     """Return the problems of a saved-objects ndjson export (empty when it would import cleanly)."""
     problems: list[str] = []
     fields = mapped_fields(mappings)
+    aggregatable = aggregatable_fields(mappings)
     objects: list[dict[str, Any]] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -233,7 +260,7 @@ def validate_saved_objects(text: str, mappings: Mapping[str, Any] | None = None)
             if isinstance(vis, dict):
                 if vis.get("title") != attributes.get("title"):
                     problems.append(f"{where}: visState title differs from the object title")
-                _check_aggs(problems, where, vis, fields)
+                _check_aggs(problems, where, vis, fields, aggregatable)
             _json_attribute(problems, f"{where} uiStateJSON", attributes.get("uiStateJSON", "{}"))
         elif item["type"] == "search":
             for column in attributes.get("columns", []):

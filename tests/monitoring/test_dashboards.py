@@ -112,6 +112,11 @@ def test_saved_objects_validator_reports_problems() -> None:
     state["aggs"][0]["params"]["field"] = "facility"  # sum over a keyword
     state["aggs"][2]["params"]["field"] = "site"  # not mapped
     vis["attributes"]["visState"] = json.dumps(state)
+    per_rse = next(o for o in objects if "terms" in o["attributes"].get("visState", "") and o is not vis)
+    terms_state = json.loads(per_rse["attributes"]["visState"])
+    terms = next(agg for agg in terms_state["aggs"] if agg["type"] == "terms")
+    terms["params"]["field"] = "dataset_id"  # mapped, but an identifier without doc values
+    per_rse["attributes"]["visState"] = json.dumps(terms_state)
     rate = next(o for o in objects if o["id"] == "ingestd-ingest-rate")
     rate["attributes"]["visState"] = "{not json"
     dashboard = objects[-1]
@@ -120,6 +125,7 @@ def test_saved_objects_validator_reports_problems() -> None:
     problems = "\n".join(validate_saved_objects(text))
     assert "sum needs a numeric field, 'facility' is not" in problems
     assert "unmapped field 'site'" in problems
+    assert "uses 'dataset_id', which has no doc values" in problems
     assert "visState is not valid JSON" in problems
     assert "does not resolve" in problems
     assert "not JSON" in problems

@@ -130,6 +130,12 @@ def test_one_document_per_event_with_explicit_mappings(opensearch_url: str, inde
     hits = client.search(index=f"{index_prefix}-*", body={"query": {"term": {"dataset_id": wanted}}})
     assert hits["hits"]["total"]["value"] == 1
     assert hits["hits"]["hits"][0]["_source"]["host"] == "test-host"
+    # Identifiers keep no doc values (cheaper to index) but stay searchable, by prefix too.
+    assert properties["dataset_id"]["doc_values"] is False
+    name = reports[70].summary.name
+    assert name is not None
+    hits = client.search(index=f"{index_prefix}-*", body={"query": {"prefix": {"name": name[:-3]}}})
+    assert hits["hits"]["total"]["value"] == 1
     client.close()
 
 

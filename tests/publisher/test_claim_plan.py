@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -63,7 +64,9 @@ def test_claims_follow_created_at_across_plans_and_rows_written_meanwhile(
     assert claim_names(table, 2) == []
 
     sorted_scans = [s for s in statements if "ORDER BY messages.created_at" in s and "LIMIT" in s]
-    assert len(sorted_scans) == 3  # a-d, then e-g, then the empty table; not one per claim
+    assert len(sorted_scans) == 2  # a-d, then e-g; not one per claim
+    probes = [s for s in statements if "ORDER BY messages.id" in s]
+    assert len(probes) == 3  # before each plan, and the empty table answered by key alone
     assert rucio_db.scalar("SELECT count(*) FROM messages_history") == 7
 
 
@@ -94,3 +97,28 @@ def test_two_publishers_sharing_the_table_never_claim_the_same_row(
     assert sorted(claimed) == sorted(f"r{i}" for i in range(10))
     assert len(claimed) == len(set(claimed)) == 10
     assert rucio_db.scalar("SELECT count(*) FROM messages") == 0
+
+
+def test_a_drained_table_is_polled_through_its_primary_key(
+    rucio_db: RucioDatabase, table: MessageTable
+) -> None:
+    """Until autovacuum runs, a drained table's dead rows are read once, not on every empty poll."""
+    write_rows(rucio_db, [f"n{index}" for index in range(20_000)], first_minute=0)
+    with rucio_db.engine.begin() as connection:
+        connection.exec_driver_sql("ANALYZE messages")
+        connection.exec_driver_sql("DELETE FROM messages")  # drained; autovacuum has not run yet
+    statements: list[tuple[str, Any]] = []
+    sa.event.listen(
+        rucio_db.engine, "before_cursor_execute", lambda *args: statements.append((args[2], args[3]))
+    )
+
+    assert claim_names(table, 2) == []
+    assert table.backlog().rows == 0
+
+    assert not [s for s, _ in statements if "ORDER BY messages.created_at" in s or "count(" in s]
+    probe, parameters = next((s, p) for s, p in statements if "ORDER BY messages.id" in s)
+    with rucio_db.engine.connect() as connection:
+        plan = "\n".join(
+            row[0] for row in connection.exec_driver_sql(f"EXPLAIN (ANALYZE, BUFFERS) {probe}", parameters)
+        )
+    assert 'Index Scan using "MESSAGES_PK"' in plan or "Index Only Scan" in plan, plan

@@ -151,10 +151,22 @@ class DataIdChecker:
         keys = []
         for step in self._plan_for(dimensions):
             try:
-                keys.append((step.element, data_key([values[name] for name in step.required])))
+                stated = tuple([values[name] for name in step.required])
             except KeyError:
                 continue
+            keys.append((step.element, self._data_key(step.element, stated)))
         return keys
+
+    def _data_key(self, element: str, values: tuple[DataIdValue, ...]) -> str:
+        """``data_key(values)``, memoised: the same records are asked for by most data IDs of a batch."""
+        memo = (element, values)
+        text = self._keys.get(memo)
+        if text is None:
+            text = data_key(values)
+            if len(self._keys) >= _KEY_MEMO_SIZE:
+                self._keys.clear()  # start afresh: what a campaign uses now is re-learnt within a batch
+            self._keys[memo] = text
+        return text
 
     def check(
         self,
@@ -171,20 +183,12 @@ class DataIdChecker:
         """
         result = DataIdCheck()
         derived: dict[str, DataIdValue] = dict(required)
-        keys = self._keys
         for step in self._plan_for(dimensions):
             try:
                 values = tuple([derived[name] for name in step.required])
             except KeyError:
                 continue  # reached only through a record that is absent or not looked up yet
-            memo = (step.element, values)
-            text = keys.get(memo)
-            if text is None:
-                text = data_key(values)
-                if len(keys) >= _KEY_MEMO_SIZE:
-                    keys.clear()  # start afresh: what a campaign uses now is re-learnt within a batch
-                keys[memo] = text
-            key = (step.element, text)
+            key = (step.element, self._data_key(step.element, values))
             looked_up, record = known(key)
             if not looked_up:
                 result.needed.add(key)

@@ -20,9 +20,9 @@ behind (failed deliveries), so those are claimed again before anything newer.
 Before planning, and before counting the backlog, one row is looked up by primary
 key. A table just drained of a large backlog keeps its dead rows until autovacuum
 runs, and a sequential scan reads them all on every poll (0.12 s per 500,000 rows;
-at 1,000,000 they were a quarter of the database's time in the last minutes of a
-drain); the index lookup reads them once, marks their index entries dead and then
-costs a walk of the index leaves (12 ms at 500,000 rows).
+96 planning scans, 23.3 s of statement time, in a 1,000,000-event drain); the index
+lookup reads them once, marks their index entries dead and then costs a walk of the
+index leaves (12 ms at 500,000 rows).
 
 Notes
 -----

@@ -40,6 +40,18 @@ with these, flat in both cases, at 85-100 % of the rate. Operators may still ove
 with ``kafka.librdkafka``.
 """
 
+GROUP_ASSIGNMENT_STRATEGY = "roundrobin"
+"""How a consumer group shares partitions among its members (``partition.assignment.strategy``).
+
+librdkafka's default (``range``, then ``roundrobin``) splits each topic on its own, always giving the
+first member the odd partition: two daemons on topics of 3 partitions each get 2/3 and 1/3 of every
+topic, so the second replica of a production deployment (``deploy/sites/overlays/prod.yaml``) idles
+while the first sets the pace. ``roundrobin`` deals out all subscribed partitions together (15
+partitions: 8 and 7). It is an eager protocol like ``range``, so rebalances behave as before, and a
+group upgraded one member at a time agrees on it (old members offer it too). ``kafka.librdkafka``
+may still choose another.
+"""
+
 
 def make_consumer(
     connection: KafkaConnection,
@@ -63,6 +75,8 @@ def make_consumer(
         Extra parameters, applied last.
     """
     config = dict(CONSUMER_PREFETCH)
+    if group_id is not None:
+        config["partition.assignment.strategy"] = GROUP_ASSIGNMENT_STRATEGY
     config.update(connection.client_config())
     config.update(
         {

@@ -8,9 +8,10 @@ For each ``--events N``:
    ``add_messages``, ``transferred_at`` set at insertion.
 2. **Ours**: publisher → central Kafka → ``ingestd mirror`` (FrDF's topics) → local Kafka →
    ``ingestd run`` → PostgreSQL registry, OpenSearch documents on, every service a process
-   registered with Prometheus. Without ``--rate`` the table is filled first and the clock
-   starts when the publisher is ready or publishes, whichever is first (throughput: a backlog
-   drains); with ``--rate R`` all
+   registered with Prometheus. ``--daemons R`` runs R daemons in one consumer group, as a
+   deployment's replicas share the facility's partitions (the prod overlay runs two).
+   Without ``--rate`` the table is filled first and the clock starts when the publisher is
+   ready or publishes, whichever is first (throughput: a backlog drains); with ``--rate R`` all
    services run while events are inserted at R per second (latency at a given load).
 3. **Reconcile** Rucio rows, Kafka records on both clusters, registry datasets and dead
    letters against the generator's ledger: 0 lost and 0 duplicated is required.
@@ -94,6 +95,8 @@ class E2EResult:
     reconciliation: dict[str, Any]
     exit_codes: dict[str, int | None]
     prometheus_registered_events: float | None
+    registered_by_daemon: dict[str, int]
+    """Events each daemon replica registered (its own counter): how evenly the group shared the work."""
     stage_mean_s: dict[str, float]
     """Mean seconds per batch of each daemon stage and of the mirror's replication, from their /metrics."""
     anchor: dict[str, Any] | None
@@ -149,6 +152,13 @@ def register(subparsers: Any) -> None:
         help="daemon verifies each file's size and checksum (writes the files)",
     )
     parser.add_argument("--daemon-batch", type=int, default=2000, help="daemon batch size (default 2000)")
+    parser.add_argument(
+        "--daemons",
+        type=int,
+        default=1,
+        metavar="R",
+        help="daemon replicas in one consumer group (default 1; the prod overlay deploys 2)",
+    )
     parser.add_argument(
         "--publisher-batch",
         type=int,
@@ -209,6 +219,9 @@ def _main(args: argparse.Namespace) -> int:
     if any(n < 1 for n in args.events):
         print("bench e2e: --events must be positive", file=sys.stderr)
         return 2
+    if args.daemons < 1:
+        print("bench e2e: --daemons must be at least 1", file=sys.stderr)
+        return 2
     try:
         testbed = TestBed.from_environment()
     except ChainError as error:
@@ -233,6 +246,7 @@ def _main(args: argparse.Namespace) -> int:
                     anchor_events=None if args.skip_anchor else args.anchor_events,
                     verify=args.verify,
                     daemon_batch=args.daemon_batch,
+                    daemons=args.daemons,
                     publisher_batch=args.publisher_batch,
                     daemon_wait_s=args.daemon_wait,
                     mirror_wait_ms=args.mirror_wait_ms,
@@ -305,7 +319,8 @@ def _print_table(document: dict[str, Any]) -> None:
     for run in document["runs"]:
         latency = run["latency_opensearch"] or run["latency_registry"]
         print(
-            f"  N={run['events']:>9,} {run['mode']:5} {run['events_per_s']:>9,.0f} events/s "
+            f"  N={run['events']:>9,} {run['mode']:5} {run['tuning']['daemon_replicas']} daemon(s) "
+            f"{run['events_per_s']:>9,.0f} events/s "
             f"({run['datasets_per_s']:,.0f} datasets/s; steady {run['steady_datasets_per_s'] or 0:,.0f}) "
             f"p50 {latency.get('p50_s')} s p99 {latency.get('p99_s')} s; "
             f"lost {run['reconciliation']['lost']}, "
@@ -339,6 +354,7 @@ def run_e2e(
     anchor_events: int | None = 20_000,
     verify: bool = False,
     daemon_batch: int = 2000,
+    daemons: int = 1,
     publisher_batch: int = 1000,
     daemon_wait_s: float = 0.2,
     mirror_wait_ms: int = 50,
@@ -366,6 +382,7 @@ def run_e2e(
         publisher_batch_size=publisher_batch,
         daemon_batch_events=daemon_batch,
         daemon_batch_wait_s=daemon_wait_s,
+        daemon_replicas=daemons,
         mirror_batch_max_wait_ms=mirror_wait_ms,
         verify_files=verify,
         log_level=log_level,
@@ -383,7 +400,7 @@ def run_e2e(
         _progress(f"N={events:,}: preparing run {chain.run_id} in {workdir}")
         chain.prepare(campaign)
         ledger = Ledger(workdir / "ledger.tsv", chain.site_map)
-        services = [chain.services[name] for name in ("publisher", "mirror", "daemon")]
+        services = [chain.services[name] for name in chain.service_names]
         mode = "rate" if rate else "drain"
         with MemorySampler(services), ledger:
             feeder = chain.feeder()
@@ -442,6 +459,7 @@ def run_e2e(
         elapsed = done - clock_start
         _progress(f"N={events:,}: all registered after {elapsed:.1f} s; stopping and reconciling")
         prometheus = _prometheus_registered(chain, ledger.facility_events)
+        by_daemon = {name: int(count) for name, count in chain.registered_by_daemon().items()}
         stages = _stage_means(chain)
         exit_codes = chain.stop()
         report_ = chain.reconcile(ledger)
@@ -518,6 +536,7 @@ def run_e2e(
             reconciliation=report_.as_dict(),
             exit_codes=exit_codes,
             prometheus_registered_events=prometheus,
+            registered_by_daemon=by_daemon,
             stage_mean_s=stages,
             anchor=anchor,
             ratio_events_per_s=ratio,
@@ -569,32 +588,30 @@ def _feed_at_rate(feeder: Any, events: Any, rate: float, total: int) -> None:
 
 
 def _stage_means(chain: Any) -> dict[str, float]:
-    """Mean duration of each daemon stage (per batch) and the mirror's mean replication latency."""
+    """Mean duration of each daemon stage (per batch, all replicas) and the mirror's replication latency."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    wanted = {
-        "daemon": ("ingestd_stage_duration_seconds", "stage"),
-        "mirror": ("ingestd_mirror_replication_latency_seconds", None),
-    }
-    means: dict[str, float] = {}
-    for service, (metric, label) in wanted.items():
+    wanted = [
+        *((name, "daemon", "ingestd_stage_duration_seconds", "stage") for name in chain.daemons),
+        ("mirror", "mirror", "ingestd_mirror_replication_latency_seconds", None),
+    ]
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for service, prefix, metric, label in wanted:
         try:
             text = chain.services[service].metrics_text()
         except OSError:
             continue
-        sums: dict[str, float] = {}
-        counts: dict[str, float] = {}
         for family in text_string_to_metric_families(text):
             if family.name != metric:
                 continue
             for sample in family.samples:
-                key = f"{service}.{sample.labels.get(label, 'all') if label else 'replication'}"
+                key = f"{prefix}.{sample.labels.get(label, 'all') if label else 'replication'}"
                 if sample.name.endswith("_sum"):
                     sums[key] = sums.get(key, 0.0) + sample.value
                 elif sample.name.endswith("_count"):
                     counts[key] = counts.get(key, 0.0) + sample.value
-        means.update({key: round(sums[key] / counts[key], 4) for key in sums if counts.get(key)})
-    return means
+    return {key: round(sums[key] / counts[key], 4) for key in sums if counts.get(key)}
 
 
 def _prometheus_registered(chain: Any, expected: int, wait_s: float = 10.0) -> float | None:

@@ -53,7 +53,15 @@ __all__ = ["SERVICES", "Chain", "ChainError", "RegistryProgress", "TestBed", "Tu
 logger = get_logger(__name__)
 
 SERVICES = ("publisher", "mirror", "daemon")
-"""The chain's own services, upstream first."""
+"""The chain's own services, upstream first; ``daemon`` stands for every replica of the daemon."""
+
+
+def daemon_names(replicas: int) -> tuple[str, ...]:
+    """Service names of ``replicas`` daemons in one consumer group: ``daemon``, ``daemon-2``, ..."""
+    if replicas < 1:
+        raise ValueError(f"at least one daemon is needed, not {replicas}")
+    return ("daemon", *(f"daemon-{index}" for index in range(2, replicas + 1)))
+
 
 PROGRESS_COUNT_S = 20.0
 """Seconds between counts of the registry while the daemon's counter says events are still due."""
@@ -142,6 +150,8 @@ class Tuning:
     mirror_batch_max_wait_ms: int = 20
     daemon_batch_events: int = 2000
     daemon_batch_wait_s: float = 0.05
+    daemon_replicas: int = 1
+    """Daemons sharing the facility's partitions in one consumer group (production runs two)."""
     verify_files: bool = False
     verify_checksums: bool = True
     log_level: str = "INFO"
@@ -213,6 +223,9 @@ class Chain:
         self.group_id = f"ingestd-{self.run_id}"
         self.mirror_group_id = f"ingestd-mirror.{self.run_id}"
         self.index_prefix = f"e2e-{self.run_id}"
+        self.daemons = daemon_names(self.tuning.daemon_replicas)
+        self.service_names: tuple[str, ...] = ("publisher", "mirror", *self.daemons)
+        """Every service process, upstream first (each daemon replica on its own)."""
         self.services: dict[str, ServiceProcess] = {}
         self.rucio_url: str = ""
         self.registry_url: str = ""
@@ -284,7 +297,7 @@ class Chain:
         tuning = self.tuning
         site = json.loads(self.site_map.model_dump_json())
         facility_site = json.loads(self.facility_site_map.model_dump_json())
-        ports = {name: free_port() for name in SERVICES}
+        ports = {name: free_port() for name in self.service_names}
         publisher = {
             "kafka": {
                 "bootstrap_servers": self.testbed.central.bootstrap_servers,
@@ -347,14 +360,20 @@ class Chain:
                 "index_prefix": self.index_prefix,
                 "number_of_replicas": 0,
             }
-        configs = {"publisher": publisher, "mirror": mirror, "daemon": daemon}
+        configs = {"publisher": publisher, "mirror": mirror}
         commands = {
             "publisher": ingestd_argv("publish", "--config", str(self.workdir / "publisher.yaml")),
             "mirror": ingestd_argv("mirror", "--config", str(self.workdir / "mirror.yaml")),
-            "daemon": ingestd_argv("run", "--config", str(self.workdir / "daemon.yaml")),
         }
+        for name in self.daemons:
+            configs[name] = {
+                **daemon,
+                "kafka": {**daemon["kafka"], "client_id": f"e2e-{name}"},
+                "http": {"host": "127.0.0.1", "port": ports[name]},
+            }
+            commands[name] = ingestd_argv("run", "--config", str(self.workdir / f"{name}.yaml"))
         env = self.child_environment()
-        for name in SERVICES:
+        for name in self.service_names:
             (self.workdir / f"{name}.yaml").write_text(yaml.safe_dump(configs[name], sort_keys=False))
             self.services[name] = ServiceProcess(name, commands[name], self.workdir, env, ports[name])
 
@@ -380,16 +399,23 @@ class Chain:
             raise ChainError("prepare() the chain first")
         return RucioFeeder(self.rucio_python, self.rucio_config, self.workdir / "rucio-feeder.log")
 
-    def start(self, names: Iterable[str] = SERVICES, *, ready_timeout_s: float = 90.0) -> None:
-        """Start services (upstream first) and wait until each reports ready.
+    def expand(self, names: Iterable[str]) -> list[str]:
+        """``names`` with ``daemon`` standing for every daemon replica."""
+        expanded: list[str] = []
+        for name in names:
+            expanded.extend(self.daemons if name == "daemon" else (name,))
+        return expanded
 
-        The daemon starts once the mirror has created the facility's topics on the local
+    def start(self, names: Iterable[str] = SERVICES, *, ready_timeout_s: float = 90.0) -> None:
+        """Start services (upstream first; ``daemon``: every replica) and wait until each reports ready.
+
+        The daemons start once the mirror has created the facility's topics on the local
         cluster: a consumer subscribed before a topic exists notices it only at its next
         metadata refresh (tens of seconds), which would count as latency of the first events.
         """
-        names = list(names)
+        names = self.expand(names)
         for name in names:
-            if name == "daemon" and "mirror" in names:
+            if name == self.daemons[0] and "mirror" in names:
                 self.wait_for_local_topics(ready_timeout_s)
             service = self.services[name]
             service.start()
@@ -420,8 +446,8 @@ class Chain:
         self.services[name].wait_ready(ready_timeout_s)
 
     def stop(self, names: Sequence[str] = SERVICES, timeout_s: float = 40.0) -> dict[str, int | None]:
-        """Stop services with SIGTERM (downstream first); returns their exit codes."""
-        return {name: self.services[name].stop(timeout_s) for name in reversed(list(names))}
+        """Stop services with SIGTERM (downstream first; ``daemon``: every replica); return exit codes."""
+        return {name: self.services[name].stop(timeout_s) for name in reversed(self.expand(names))}
 
     def vacuum_rucio_messages(self) -> None:
         """``VACUUM (ANALYZE)`` Rucio's ``messages`` table, as its autovacuum keeps it while a backlog grows.
@@ -485,7 +511,7 @@ class Chain:
                         on_progress(progress)
                     if progress.datasets >= datasets and progress.exposures >= wanted_exposures:
                         return progress
-            for name in check_alive:
+            for name in self.expand(check_alive):
                 service = self.services[name]
                 if service.process is not None and not service.alive():
                     raise ChainError(f"{name} died while events flowed:\n{service.tail()}")
@@ -498,16 +524,25 @@ class Chain:
             time.sleep(poll_s if events is not None else max(0.0, next_count - time.monotonic()))
 
     def _daemon_registered_events(self) -> float:
-        """``ingestd_events_total{outcome="registered"}`` from the daemon's ``/metrics`` (0 if unreadable)."""
-        try:
-            text = self.services["daemon"].metrics_text(timeout_s=2.0, names=["ingestd_events_total"])
-        except (OSError, ServiceError):
-            return 0.0
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith("ingestd_events_total{") and 'outcome="registered"' in line:
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+        """Registered events summed over the daemons (see :meth:`registered_by_daemon`)."""
+        return sum(self.registered_by_daemon().values())
+
+    def registered_by_daemon(self) -> dict[str, float]:
+        """``ingestd_events_total{outcome="registered"}`` of each daemon replica, from its ``/metrics``.
+
+        A daemon that cannot be read counts 0 (while waiting, the registry count then decides).
+        """
+        counts: dict[str, float] = {}
+        for name in self.daemons:
+            counts[name] = 0.0
+            try:
+                text = self.services[name].metrics_text(timeout_s=2.0, names=["ingestd_events_total"])
+            except (OSError, ServiceError):
+                continue
+            for line in text.splitlines():
+                if line.startswith("ingestd_events_total{") and 'outcome="registered"' in line:
+                    counts[name] += float(line.rsplit(" ", 1)[1])
+        return counts
 
     def _progress_or_none(self) -> RegistryProgress | None:
         """Progress, or None while the registry's server is away (restarts during chaos)."""

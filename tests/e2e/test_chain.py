@@ -42,10 +42,19 @@ def test_bench_drain_mode_with_anchor(testbed: TestBed, tmp_path: Path) -> None:
     assert result.ratio_events_per_s is not None
 
 
-def test_bench_rate_mode_measures_latency(testbed: TestBed, tmp_path: Path) -> None:
-    result = run_e2e(testbed, tmp_path, events=400, rate=100.0, anchor_events=None, seed=4, timeout_s=600)
+def test_bench_rate_mode_measures_latency_with_two_daemons(testbed: TestBed, tmp_path: Path) -> None:
+    """Two daemon replicas in one group (the prod shape): both work, and nothing is lost or doubled."""
+    result = run_e2e(
+        testbed, tmp_path, events=400, rate=100.0, anchor_events=None, seed=4, timeout_s=600, daemons=2
+    )
     assert result.mode == "rate"
     assert result.reconciliation["problems"] == []
+    assert set(result.services) == {"publisher", "mirror", "daemon", "daemon-2"}
+    assert result.exit_codes == {"daemon": 0, "daemon-2": 0, "mirror": 0, "publisher": 0}
+    assert set(result.registered_by_daemon) == {"daemon", "daemon-2"}
+    assert all(count > 0 for count in result.registered_by_daemon.values()), result.registered_by_daemon
+    assert sum(result.registered_by_daemon.values()) == result.prometheus_registered_events
+    assert result.reconciliation["registry"]["seen"] == result.datasets
     latency = result.latency_registry
     assert latency["datasets"] == result.datasets
     assert 0 < latency["p50_s"] <= latency["p99_s"] <= latency["max_s"]

@@ -1,12 +1,12 @@
 """Caches of one multi-file transaction: what earlier files wrote, before it is committed.
 
-:meth:`SqlRegistry.import_files` writes several files in one transaction, each in its
-own savepoint. A later file must see what an earlier one established (a dimension
-export's records that a zip's datasets need), and the statements that look records up
-should be shared: one look-up of every record the batch names, instead of a few per
-file. The registry's own caches may only hold committed facts, so the transaction
-layers these caches over them and folds what it learned into the real ones only after
-the commit.
+:meth:`SqlRegistry.import_files` writes several files in one transaction (each in its
+own savepoint, or several exports of records together). A later file must see what an
+earlier one established (a dimension export's records that a zip's datasets need), and
+the statements that look records up should be shared: one look-up of every record the
+batch names, instead of a few per file. The registry's own caches may only hold
+committed facts, so the transaction layers these caches over them and folds what it
+learned into the real ones only after the commit.
 """
 
 from __future__ import annotations

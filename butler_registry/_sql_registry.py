@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -35,7 +36,7 @@ from ._schema import (
     DIMENSION_RECORD,
     IMPORT_LOG,
 )
-from ._writer import BatchWriter, Learned, RegistryCaches
+from ._writer import BatchWriter, Learned, RegistryCaches, compare_raced
 from ._zip import ZipContents, ZipFormatError, read_zip
 from .interface import (
     DatasetRecord,
@@ -71,6 +72,42 @@ class _RollbackError(Exception):
     def __init__(self, result: ImportResult) -> None:
         super().__init__(result.reason)
         self.result = result
+
+
+class _GroupRacedError(Exception):
+    """A record of a grouped import was stored differently by a concurrent writer (rare)."""
+
+    def __init__(self, record: str) -> None:
+        super().__init__(record)
+        self.record = record
+
+
+def _records_refused(
+    conflicts: dict[RecordKey, str], missing: dict[RecordKey, list[str]]
+) -> ImportResult | None:
+    """The result of a file whose records cannot all be written (None when they can)."""
+    if conflicts:
+        shown = list(conflicts.values())[:5]
+        more = f" (and {len(conflicts) - 5} more)" if len(conflicts) > 5 else ""
+        return ImportResult(ItemStatus.conflict, reason="; ".join(shown) + more)
+    if missing:
+        absent = sorted({name for names in missing.values() for name in names})
+        return ImportResult(
+            ItemStatus.missing_dimensions,
+            reason=f"{len(missing)} record(s) refer to records the registry does not have: "
+            + ", ".join(absent[:10]),
+        )
+    return None
+
+
+def _records_only(reading: _Reading) -> bool:
+    """An export that holds dimension records and nothing else (no datasets, collections or tags)."""
+    export = reading.export
+    return (
+        export is not None
+        and reading.prepared is None
+        and not (export.datasets or export.runs or export.tagged or export.chains or export.associations)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,16 +232,40 @@ class SqlRegistry(Registry):
         commits once: a small import costs a few statements instead of a transaction of
         its own. A transient failure rolls the whole list back (nothing is cached).
         """
-        readings: list[ImportResult | _Reading] = [self._read_import(request) for request in requests]
+        readings: list[ImportResult | _Reading] = [
+            request.reading if isinstance(request.reading, _Reading) else self._read_import(request)
+            for request in requests
+        ]
         results: list[ImportResult | None] = [
             reading if isinstance(reading, ImportResult) else None for reading in readings
         ]
         to_write = [(index, r) for index, r in enumerate(readings) if not isinstance(r, ImportResult)]
         if to_write:
-            self._write_imports(requests, to_write, results)
+            try:
+                self._write_imports(requests, to_write, results, group_records=True)
+            except _GroupRacedError as raced:
+                # Rolled back whole (nothing cached): redo it file by file, each in its savepoint.
+                _log.info("registry_import_group_raced", files=len(to_write), record=raced.record)
+                for index, _reading in to_write:
+                    results[index] = None
+                self._write_imports(requests, to_write, results, group_records=False)
         final = [result for result in results if result is not None]
         assert len(final) == len(requests)
         return final
+
+    def read_import(self, request: ImportRequest) -> ImportRequest:
+        """Parse and check the file now (see :meth:`Registry.read_import`); only a good reading is kept.
+
+        A file that cannot be read or is refused is read again by :meth:`import_files`,
+        which reports why (a file not visible yet must be noticed there, not here).
+        """
+        try:
+            reading = self._read_import(request)
+        except Exception:  # whatever it is, import_files meets it again and reports it
+            return request
+        if isinstance(reading, ImportResult):
+            return request
+        return dataclasses.replace(request, reading=reading)
 
     def _read_import(self, request: ImportRequest) -> ImportResult | _Reading:
         """Parse one file and settle what needs no database (``invalid`` files end here)."""
@@ -249,13 +310,26 @@ class SqlRegistry(Registry):
         requests: Sequence[ImportRequest],
         to_write: Sequence[tuple[int, _Reading]],
         results: list[ImportResult | None],
+        *,
+        group_records: bool,
     ) -> None:
         """Write the readable files in one transaction, filling ``results``.
 
-        Dimension exports go first, in order, each in a savepoint (all of a file's
-        records or none). Zips follow: each one's records, dataset types and runs are
-        settled in turn, then the datasets of every zip are inserted together, one
-        statement for the lot, and their file records with one more.
+        Dimension exports go first, in order, all of a file's records or none. With
+        ``group_records``, consecutive exports holding only dimension records (an
+        exposure's export, the usual case) are settled together: each is checked
+        against the registry and the files before it without writing, and the records
+        of those that pass go in with one statement (see :meth:`_write_record_group`).
+        Any other export is written in a savepoint of its own. Zips follow: each one's
+        records, dataset types and runs are settled in turn, then the datasets of every
+        zip are inserted together, one statement for the lot, and their file records
+        with one more.
+
+        Raises
+        ------
+        _GroupRacedError
+            A concurrent writer stored a grouped record differently a moment ago; the
+            transaction is rolled back and the caller writes file by file instead.
         """
         seconds: dict[int, float] = {}
         log_rows: list[dict[str, object]] = []
@@ -263,9 +337,24 @@ class SqlRegistry(Registry):
         zips = [(index, reading) for index, reading in to_write if reading.export is None]
         with translate_errors("importing Butler files"), self._writer.begin() as connection:
             transaction.prefetch(connection, self._prefetch_keys(reading for _index, reading in to_write))
+            group: list[tuple[int, _Reading]] = []
             for index, reading in to_write:
                 if reading.export is None:
                     continue
+                if group_records and _records_only(reading):
+                    group.append((index, reading))
+                    continue
+                if group:
+                    self._write_record_group(
+                        connection,
+                        transaction,
+                        group,
+                        requests=requests,
+                        results=results,
+                        log_rows=log_rows,
+                        seconds=seconds,
+                    )
+                    group = []
                 started = time.perf_counter()
                 writer = BatchWriter(self.universe, transaction.caches, connection, self._checker)
                 try:
@@ -278,6 +367,16 @@ class SqlRegistry(Registry):
                 if writer.learned.records_inserted or writer.learned.datasets_inserted:
                     log_rows.append(self._import_log_row(requests[index], writer.learned))
                 seconds[index] = time.perf_counter() - started
+            if group:
+                self._write_record_group(
+                    connection,
+                    transaction,
+                    group,
+                    requests=requests,
+                    results=results,
+                    log_rows=log_rows,
+                    seconds=seconds,
+                )
             if zips:
                 for index, learned in self._write_zips(connection, transaction, zips, results):
                     if learned.records_inserted or learned.datasets_inserted:
@@ -297,6 +396,62 @@ class SqlRegistry(Registry):
                     datasets=len(result.datasets),
                     seconds=round(seconds[index], 3),
                 )
+
+    def _write_record_group(
+        self,
+        connection: sa.Connection,
+        transaction: TransactionCaches,
+        group: Sequence[tuple[int, _Reading]],
+        *,
+        requests: Sequence[ImportRequest],
+        results: list[ImportResult | None],
+        log_rows: list[dict[str, object]],
+        seconds: dict[int, float],
+    ) -> None:
+        """Write exports that hold only dimension records with one insert, without savepoints.
+
+        Each file is checked in turn against the registry and the files before it
+        (:meth:`BatchWriter.plan_records`, no statement: the records were prefetched);
+        a file with a conflicting record or a missing reference is refused whole
+        before anything of it is written, exactly as its savepoint would have rolled
+        it back. The records of the others go in together. A savepoint per file cost
+        two round trips each, and under a busy interpreter lock every round trip costs
+        a scheduling wait as well.
+        """
+        started = time.perf_counter()
+        accepted: list[tuple[int, BatchWriter, list[CanonicalRecord]]] = []
+        for index, reading in group:
+            writer = BatchWriter(self.universe, transaction.caches, connection, self._checker)
+            plan = writer.plan_records(reading.records)
+            refused = _records_refused(plan.conflicts, plan.missing)
+            if refused is not None:
+                results[index] = refused
+                continue
+            writable = plan.writable
+            for record in writable:
+                writer.learned.records[(record.element, record.key)] = record.values
+            writer.learned.records_present += plan.present
+            transaction.learn(writer.learned)  # the next files see these records
+            accepted.append((index, writer, writable))
+        offered = [record for _index, _writer, writable in accepted for record in writable]
+        store = transaction.caches.records
+        inserted = store.insert(connection, offered)
+        conflicts: dict[RecordKey, str] = {}
+        compare_raced(store, connection, offered, inserted, conflicts)
+        if conflicts:
+            raise _GroupRacedError(next(iter(conflicts.values())))
+        for index, writer, writable in accepted:
+            learned = writer.learned
+            learned.records_inserted = sum(1 for r in writable if (r.element, r.key) in inserted)
+            learned.records_present += len(writable) - learned.records_inserted
+            results[index] = self._import_result(
+                _ImportOutcome(learned.records_inserted, learned.records_present, ())
+            )
+            if learned.records_inserted:
+                log_rows.append(self._import_log_row(requests[index], learned))
+        if accepted:  # (refused files are not logged as imported, as with savepoints)
+            share = (time.perf_counter() - started) / len(accepted)
+            seconds.update((index, share) for index, _writer, _writable in accepted)
 
     def _write_zips(
         self,
@@ -374,19 +529,9 @@ class SqlRegistry(Registry):
         prepared: PreparedBatch | None,
     ) -> _ImportOutcome:
         conflicts, missing, inserted, present = writer.write_records(records)
-        if conflicts:
-            shown = list(conflicts.values())[:5]
-            more = f" (and {len(conflicts) - 5} more)" if len(conflicts) > 5 else ""
-            raise _RollbackError(ImportResult(ItemStatus.conflict, reason="; ".join(shown) + more))
-        if missing:
-            absent = sorted({name for names in missing.values() for name in names})
-            raise _RollbackError(
-                ImportResult(
-                    ItemStatus.missing_dimensions,
-                    reason=f"{len(missing)} record(s) refer to records the registry does not have: "
-                    + ", ".join(absent[:10]),
-                )
-            )
+        refused = _records_refused(conflicts, missing)
+        if refused is not None:
+            raise _RollbackError(refused)
         self._import_collections(writer, contents)
         datasets: tuple[ItemResult, ...] = ()
         if contents.datasets:

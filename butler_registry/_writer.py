@@ -39,9 +39,68 @@ from ._schema import COLLECTION, DATASET_TYPE
 from .interface import FileInfo, ItemResult, ItemStatus, TransientRegistryError
 from .universe import Universe
 
-__all__ = ["BatchWriter", "Learned", "RegistryCaches"]
+__all__ = ["BatchWriter", "Learned", "RecordPlan", "RegistryCaches", "compare_raced"]
 
 _MAX_LOOKUP_ROUNDS = 6
+
+
+def compare_raced(
+    store: DimensionStore,
+    connection: sa.Connection,
+    offered: Sequence[CanonicalRecord],
+    inserted: set[RecordKey],
+    conflicts: dict[RecordKey, str],
+) -> int:
+    """Compare the records of ``offered`` not ``inserted`` with the copy a concurrent writer put there.
+
+    A differing one is added to ``conflicts``; returns how many were identical.
+
+    Raises
+    ------
+    TransientRegistryError
+        A record was neither inserted nor found (deleted meanwhile): the caller retries.
+    """
+    raced = [r for r in offered if (r.element, r.key) not in inserted]
+    if not raced:
+        return 0
+    stored_now = store.lookup(connection, [(r.element, r.key) for r in raced], use_cache=False)
+    identical = 0
+    for record in raced:
+        key = (record.element, record.key)
+        values = stored_now.get(key)
+        if values is None:
+            raise TransientRegistryError(f"{record.describe()} was neither inserted nor found; retry")
+        differences = record_differences(values, record.values)
+        if differences:
+            conflicts[key] = (
+                f"{record.describe()} differs from the registry's record in {', '.join(differences)}"
+            )
+        else:
+            identical += 1
+    return identical
+
+
+@dataclass(frozen=True, slots=True)
+class RecordPlan:
+    """How a set of records stands before anything is written (:meth:`BatchWriter.plan_records`)."""
+
+    fresh: list[CanonicalRecord]
+    """Records the registry does not have (some may conflict or miss references)."""
+    conflicts: dict[RecordKey, str]
+    """Records contradicting the registry or another copy in the set, with the reason."""
+    missing: dict[RecordKey, list[str]]
+    """Records referring to records the registry does not have, with those."""
+    present: int
+    """Records identical to the registry's."""
+
+    @property
+    def writable(self) -> list[CanonicalRecord]:
+        """The fresh records that neither conflict nor miss a reference."""
+        return [
+            r
+            for r in self.fresh
+            if (r.element, r.key) not in self.conflicts and (r.element, r.key) not in self.missing
+        ]
 
 
 @dataclass(slots=True)
@@ -225,6 +284,26 @@ class BatchWriter:
         inserted, present
             Counts of records written and of records found identical.
         """
+        plan = self.plan_records(records)
+        writable = plan.writable
+        inserted_keys = self.caches.records.insert(self.connection, writable)
+        present = plan.present + compare_raced(
+            self.caches.records, self.connection, writable, inserted_keys, plan.conflicts
+        )
+        for record in writable:
+            key = (record.element, record.key)
+            if key not in plan.conflicts:
+                self.learned.records[key] = record.values
+                self._known[key] = record.values
+        self.learned.records_inserted += len(inserted_keys)
+        self.learned.records_present += present
+        return plan.conflicts, plan.missing, len(inserted_keys), present
+
+    def plan_records(self, records: Sequence[CanonicalRecord]) -> RecordPlan:
+        """Sort ``records`` into new, identical to the registry's, conflicting and missing references.
+
+        Nothing is written; records found identical are learned (they are facts already).
+        """
         unique: dict[RecordKey, CanonicalRecord] = {}
         conflicts: dict[RecordKey, str] = {}
         for record in records:
@@ -252,37 +331,7 @@ class BatchWriter:
                 present += 1
                 self.learned.records[key] = stored
                 self._known[key] = stored
-        missing = self._missing_references(fresh, unique)
-        writable = [
-            r for r in fresh if (r.element, r.key) not in conflicts and (r.element, r.key) not in missing
-        ]
-        inserted_keys = self.caches.records.insert(self.connection, writable)
-        raced = [r for r in writable if (r.element, r.key) not in inserted_keys]
-        if raced:
-            # A concurrent writer inserted them a moment ago: compare with its copy.
-            stored_now = self.caches.records.lookup(
-                self.connection, [(r.element, r.key) for r in raced], use_cache=False
-            )
-            for record in raced:
-                key = (record.element, record.key)
-                values = stored_now.get(key)
-                if values is None:
-                    raise TransientRegistryError(f"{record.describe()} was neither inserted nor found; retry")
-                differences = record_differences(values, record.values)
-                if differences:
-                    conflicts[key] = (
-                        f"{record.describe()} differs from the registry's record in {', '.join(differences)}"
-                    )
-                else:
-                    present += 1
-        for record in writable:
-            key = (record.element, record.key)
-            if key not in conflicts:
-                self.learned.records[key] = record.values
-                self._known[key] = record.values
-        self.learned.records_inserted += len(inserted_keys)
-        self.learned.records_present += present
-        return conflicts, missing, len(inserted_keys), present
+        return RecordPlan(fresh, conflicts, self._missing_references(fresh, unique), present)
 
     def _missing_references(
         self, fresh: Sequence[CanonicalRecord], batch_records: dict[RecordKey, CanonicalRecord]

@@ -196,6 +196,8 @@ class ImportRequest:
     kind: ImportKind
     path: Path
     provenance: Provenance | None = None
+    reading: object | None = field(default=None, compare=False, repr=False)
+    """The file as :meth:`Registry.read_import` read it ahead (the registry's own form), or None."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +269,20 @@ class Registry(ABC):
     @abstractmethod
     def import_zip(self, zip_file: Path, provenance: Provenance | None = None) -> ImportResult:
         """Register every dataset of a Butler zip (``Butler.retrieve_artifacts_zip``), idempotently."""
+
+    def read_import(self, request: ImportRequest) -> ImportRequest:
+        """Read and check ``request``'s file ahead of :meth:`import_files`, without the database.
+
+        Returns the request carrying what was read (:attr:`ImportRequest.reading`),
+        or unchanged when the file could not be read now: :meth:`import_files` then
+        reads it, and reports what is wrong with it. Safe to call on another thread.
+
+        The daemon calls it on its decoding thread, so that the thread writing to the
+        registry does no file I/O: under a busy interpreter lock each system call there
+        costs a wait for the lock, and that thread is the pipeline's critical path.
+        The default reads nothing.
+        """
+        return request
 
     def import_files(self, requests: Sequence[ImportRequest]) -> list[ImportResult]:
         """Import several files, in order, each with its own result.

@@ -120,6 +120,8 @@ class _Item:
     """Parked because its file is not there (yet): the file-arrival time limit applies."""
     missing: tuple[str, ...] = ()
     """Parked for missing dimension records: the registry's names of them (``visit:HSC/330``)."""
+    request: ImportRequest | None = None
+    """An import's request with its file already read (:meth:`Registry.read_import`), if it was."""
 
     @property
     def summary(self) -> EventSummary:
@@ -137,6 +139,8 @@ class Decoded:
 
     planned: list[Planned]
     seconds: float
+    imports: dict[int, ImportRequest] = field(default_factory=dict)
+    """Imports whose file the registry read ahead, by position in the batch."""
 
 
 @dataclass
@@ -209,10 +213,28 @@ class Engine:
         """Run the decode stage alone (pure: no side effects, safe on another thread).
 
         The runner decodes the next batch while the registry writes the current one.
+        The files of imports (dimension exports, zips) are read here too
+        (:meth:`Registry.read_import`): the thread writing to the registry then does
+        no file I/O, and under a busy interpreter lock every system call on that
+        thread costs a wait for the lock (measured: 0.1 ms per zip alone, 16 ms with
+        one CPU-bound thread beside it).
         """
         started = time.perf_counter()
         planned = [self._plan(record) for record in records]
-        return Decoded(planned, time.perf_counter() - started)
+        imports: dict[int, ImportRequest] = {}
+        for index, item in enumerate(planned):
+            if isinstance(item, ImportDimensions | ImportZip):
+                request = self._read_ahead(_import_request(item))
+                if request.reading is not None:
+                    imports[index] = request
+        return Decoded(planned, time.perf_counter() - started, imports)
+
+    def _read_ahead(self, request: ImportRequest) -> ImportRequest:
+        try:
+            return self.registry.read_import(request)
+        except Exception:  # a registry bug here only costs the read ahead: the import reads it again
+            logger.exception("registry_read_ahead_failed", file=str(request.path))
+            return request
 
     def process(
         self, records: Sequence[RawRecord], source: Pausable, decoded: Decoded | None = None
@@ -244,6 +266,8 @@ class Engine:
         if self.metrics is not None:
             self.metrics.stage_duration.labels(stage=Stage.decode.value).observe(decoded.seconds)
         items = [_Item(record, planned) for record, planned in zip(records, decoded.planned, strict=True)]
+        for index, request in decoded.imports.items():
+            items[index].request = request
         for item in items:
             planned = item.planned
             if isinstance(planned, Skip):
@@ -410,7 +434,7 @@ class Engine:
         items = self._park_not_visible(items)
         if not items:
             return
-        requests = [_import_request(item.planned) for item in items]
+        requests = [item.request or _import_request(item.planned) for item in items]
         try:
             results = self._registry_call(lambda: self.registry.import_files(requests), source)
         except EngineError:
@@ -451,6 +475,9 @@ class Engine:
         for item in items:
             planned = item.planned
             assert isinstance(planned, ImportDimensions | ImportZip)
+            if item.request is not None:
+                visible.append(item)  # read ahead: it was there
+                continue
             try:
                 os.stat(planned.path)
             except FileNotFoundError as error:

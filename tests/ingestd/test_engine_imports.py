@@ -202,3 +202,43 @@ def test_a_file_not_visible_yet_is_parked_without_verification(tmp_path: Path) -
     assert (report.outcome, report.error_class) == (Outcome.parked, "file_not_visible")
     assert report.reason is not None
     assert "not found" in report.reason
+
+
+class _ReadingAhead(_Counting):
+    """Forwards the read ahead too, and notes which requests reached the import already read."""
+
+    def __init__(self, inner: Registry) -> None:
+        super().__init__(inner)
+        self.read_ahead: list[bool] = []
+
+    def read_import(self, request: ImportRequest) -> ImportRequest:
+        return self.inner.read_import(request)
+
+    def import_files(self, requests: Sequence[ImportRequest]) -> list[ImportResult]:
+        self.read_ahead += [request.reading is not None for request in requests]
+        return super().import_files(requests)
+
+
+def test_the_decode_stage_reads_the_files_the_import_then_uses(tmp_path: Path) -> None:
+    """Exports and zips are read while decoding (off the registry thread); outcomes do not change."""
+    settings, _campaign, records, special = _campaign_batch(tmp_path)
+    with open_registry(settings.registry.url, create=True) as inner:
+        assert inner.import_dimensions(special["bootstrap"]).status.ok
+        registry = _ReadingAhead(inner)
+        engine = _engine(settings, registry)
+        decoded = engine.decode(records)
+        kinds = [getattr(p.summary, "kind", None) for p in decoded.planned]
+        imports = [i for i, kind in enumerate(kinds) if kind in (ButlerKind.dim_file, ButlerKind.zip_file)]
+        absent = next(i for i, r in enumerate(records) if special["absent"]["name"].encode() in r.value)
+        # Every import but the absent zip was read ahead (the conflicting export reads fine).
+        assert sorted(decoded.imports) == [i for i in imports if i != absent]
+        result = engine.process(records, _Idle(), decoded=decoded)
+    assert registry.read_ahead == [True] * (len(imports) - 1)
+    by_name = {r.summary.name: (r.outcome, r.error_class) for r in result.reports}
+    assert by_name[special["conflicting"]["name"]] == (Outcome.conflict, "conflict")
+    assert by_name[special["absent"]["name"]] == (Outcome.rejected, "file_not_visible")
+    assert {
+        outcome
+        for name, (outcome, _e) in by_name.items()
+        if name not in (special["conflicting"]["name"], special["absent"]["name"])
+    } == {Outcome.registered}

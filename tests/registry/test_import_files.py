@@ -230,3 +230,162 @@ def test_zips_named_twice_or_sharing_a_dataset_settle_as_one_call_per_file(
     assert statuses(together[2].datasets) == [ItemStatus.already_present] * 2
     assert together[1].datasets[1].status is ItemStatus.inserted
     assert batched.stats() == one_by_one.stats()
+
+
+# -- exports of records only: settled together, without a savepoint each ------------------------
+
+
+def _export(path: Path, elements: dict[str, list[dict[str, object]]]) -> Path:
+    """A minimal Butler export of dimension records (prep.yaml's universe)."""
+    document = {
+        "description": "Butler Data Repository Export",
+        "version": "1.0.2",
+        "universe_version": 3,
+        "universe_namespace": "daf_butler",
+        "data": [
+            {"type": "dimension", "element": element, "records": records}
+            for element, records in elements.items()
+        ],
+    }
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+def _detector(number: int, full_name: str | None = None) -> dict[str, object]:
+    return {
+        "instrument": "HSC",
+        "id": number,
+        "full_name": full_name or f"Z_{number}",
+        "name_in_raft": "Z",
+        "raft": "Z",
+        "purpose": "SCIENCE",
+    }
+
+
+def _record_batch(tmp_path: Path) -> list[ImportRequest]:
+    """Records-only exports that depend on each other within the batch, one conflicting, one doubled."""
+    return [
+        _dims(_export(tmp_path / "adds-502.yaml", {"detector": [_detector(502)]})),
+        # detector 0 renamed: refused whole, so its new detector 503 is never written
+        _dims(_export(tmp_path / "renames-0.yaml", {"detector": [_detector(0, "X_99"), _detector(503)]})),
+        # 502 as the first file wrote it (same transaction), 504 new
+        _dims(_export(tmp_path / "adds-504.yaml", {"detector": [_detector(502), _detector(504)]})),
+        # HSC-Y is the registry's already, 505 new
+        _dims(
+            _export(
+                tmp_path / "adds-505.yaml",
+                {
+                    "detector": [_detector(505)],
+                    "physical_filter": [{"instrument": "HSC", "name": "HSC-Y", "band": "y"}],
+                },
+            )
+        ),
+        _dims(_export(tmp_path / "adds-502-again.yaml", {"detector": [_detector(502)]})),
+    ]
+
+
+def test_records_only_exports_settle_together_as_one_call_per_file(
+    open_registry_at: Callable[[str], SqlRegistry], tmp_path: Path
+) -> None:
+    batch = _record_batch(tmp_path)
+    batched, one_by_one = open_registry_at("batched"), open_registry_at("one_by_one")
+    statements: list[str] = []
+    sa.event.listen(
+        batched.engine, "before_cursor_execute", lambda _c, _cu, statement, *_a: statements.append(statement)
+    )
+
+    def shape(results: list[ImportResult]) -> list[tuple[object, ...]]:
+        return [(r.status, r.dimension_records_inserted, r.dimension_records_present) for r in results]
+
+    together = batched.import_files(batch)
+    separately = Registry.import_files(one_by_one, batch)
+    assert shape(together) == shape(separately)
+    assert [r.status for r in together] == [
+        ItemStatus.inserted,
+        ItemStatus.conflict,
+        ItemStatus.inserted,
+        ItemStatus.inserted,
+        ItemStatus.already_present,
+    ]
+    assert batched.stats() == one_by_one.stats()
+    # One insert for every file's records, and no savepoint at all.
+    assert not [s for s in statements if "SAVEPOINT" in s.upper()]
+    assert len([s for s in statements if s.lstrip().upper().startswith("INSERT INTO DIMENSION_RECORD")]) == 1
+
+
+def test_a_record_refused_in_a_group_leaves_nothing_behind(registry: SqlRegistry, tmp_path: Path) -> None:
+    depends = _export(
+        tmp_path / "region-on-503.yaml",
+        {
+            "detector": [_detector(506)],
+            "visit_detector_region": [{"instrument": "HSC", "detector": 503, "visit": 330}],
+        },
+    )
+    results = registry.import_files([*_record_batch(tmp_path)[:2], _dims(depends)])
+    assert [r.status for r in results] == [
+        ItemStatus.inserted,
+        ItemStatus.conflict,
+        ItemStatus.missing_dimensions,  # 503 came only with the refused file
+    ]
+    assert results[2].reason
+    assert "detector:HSC/503" in results[2].reason
+    detectors = registry.stats().dimension_records["detector"]
+    again = registry.import_files(
+        [_dims(_export(tmp_path / "adds-503.yaml", {"detector": [_detector(503)]}))]
+    )
+    assert again[0].status is ItemStatus.inserted  # neither the database nor a cache held 503
+    assert registry.stats().dimension_records["detector"] == detectors + 1
+
+
+@pytest.mark.parametrize("open_registry_at", ["postgresql"], indirect=True)
+def test_a_concurrent_writer_storing_a_grouped_record_differently(
+    registry: SqlRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The group is rolled back and written file by file: only the file with that record is refused."""
+    from butler_registry._dimensions import DimensionStore
+    from butler_registry._records import canonical_record
+
+    original = DimensionStore.insert
+    raced: list[bool] = []
+
+    def insert_after_a_rival(self: DimensionStore, connection: sa.Connection, records: list) -> set:  # type: ignore[type-arg]
+        if not raced:
+            raced.append(True)
+            rival = canonical_record(registry.universe, "detector", _detector(502, "RIVAL"))
+            with registry.engine.begin() as other:
+                original(self, other, [rival])
+        return original(self, connection, records)
+
+    monkeypatch.setattr(DimensionStore, "insert", insert_after_a_rival)
+    batch = [
+        _dims(_export(tmp_path / "adds-502.yaml", {"detector": [_detector(502)]})),
+        _dims(_export(tmp_path / "adds-507.yaml", {"detector": [_detector(507)]})),
+    ]
+    results = registry.import_files(batch)
+    assert [r.status for r in results] == [ItemStatus.conflict, ItemStatus.inserted]
+    assert results[0].reason
+    assert "differs" in results[0].reason
+    assert results[1].dimension_records_inserted == 1
+
+
+def test_a_file_read_ahead_imports_as_if_read_in_the_call(
+    registry: SqlRegistry, datasets: DatasetFactory, samples_dir: Path, tmp_path: Path
+) -> None:
+    batch = _mixed_batch(samples_dir, tmp_path, datasets)
+    ahead = [registry.read_import(request) for request in batch]
+    # Good files carry their reading; the unreadable and absent ones are read (and refused) in the call.
+    assert [request.reading is not None for request in ahead] == [True, False, True, True, False]
+    results = registry.import_files(ahead)
+    assert [result.status for result in results] == [
+        ItemStatus.inserted,
+        ItemStatus.invalid,
+        ItemStatus.conflict,
+        ItemStatus.inserted,
+        ItemStatus.invalid,
+    ]
+    assert statuses(results[3].datasets) == [ItemStatus.inserted, ItemStatus.inserted]
+
+
+def test_the_interface_reads_nothing_ahead(registry: SqlRegistry, tmp_path: Path) -> None:
+    request = _dims(tmp_path / "any.yaml")
+    assert Registry.read_import(registry, request) is request

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -337,46 +338,34 @@ class SqlRegistry(Registry):
         zips = [(index, reading) for index, reading in to_write if reading.export is None]
         with translate_errors("importing Butler files"), self._writer.begin() as connection:
             transaction.prefetch(connection, self._prefetch_keys(reading for _index, reading in to_write))
-            group: list[tuple[int, _Reading]] = []
-            for index, reading in to_write:
-                if reading.export is None:
-                    continue
-                if group_records and _records_only(reading):
-                    group.append((index, reading))
-                    continue
-                if group:
+            exports = [(index, reading) for index, reading in to_write if reading.export is not None]
+            for grouped, run in itertools.groupby(
+                exports, key=lambda item: group_records and _records_only(item[1])
+            ):
+                if grouped:
                     self._write_record_group(
                         connection,
                         transaction,
-                        group,
+                        list(run),
                         requests=requests,
                         results=results,
                         log_rows=log_rows,
                         seconds=seconds,
                     )
-                    group = []
-                started = time.perf_counter()
-                writer = BatchWriter(self.universe, transaction.caches, connection, self._checker)
-                try:
-                    with connection.begin_nested():
-                        results[index] = self._write_reading(writer, reading)
-                except _RollbackError as rollback:
-                    results[index] = rollback.result
                     continue
-                transaction.learn(writer.learned)
-                if writer.learned.records_inserted or writer.learned.datasets_inserted:
-                    log_rows.append(self._import_log_row(requests[index], writer.learned))
-                seconds[index] = time.perf_counter() - started
-            if group:
-                self._write_record_group(
-                    connection,
-                    transaction,
-                    group,
-                    requests=requests,
-                    results=results,
-                    log_rows=log_rows,
-                    seconds=seconds,
-                )
+                for index, reading in run:
+                    started = time.perf_counter()
+                    writer = BatchWriter(self.universe, transaction.caches, connection, self._checker)
+                    try:
+                        with connection.begin_nested():
+                            results[index] = self._write_reading(writer, reading)
+                    except _RollbackError as rollback:
+                        results[index] = rollback.result
+                        continue
+                    transaction.learn(writer.learned)
+                    if writer.learned.records_inserted or writer.learned.datasets_inserted:
+                        log_rows.append(self._import_log_row(requests[index], writer.learned))
+                    seconds[index] = time.perf_counter() - started
             if zips:
                 for index, learned in self._write_zips(connection, transaction, zips, results):
                     if learned.records_inserted or learned.datasets_inserted:

@@ -369,21 +369,22 @@ def test_a_concurrent_writer_storing_a_grouped_record_differently(
 
 
 def test_a_file_read_ahead_imports_as_if_read_in_the_call(
-    registry: SqlRegistry, datasets: DatasetFactory, samples_dir: Path, tmp_path: Path
+    open_registry_at: Callable[[str], SqlRegistry],
+    datasets: DatasetFactory,
+    samples_dir: Path,
+    tmp_path: Path,
 ) -> None:
     batch = _mixed_batch(samples_dir, tmp_path, datasets)
-    ahead = [registry.read_import(request) for request in batch]
+    ahead, plain = open_registry_at("ahead"), open_registry_at("plain")
+    read = [ahead.read_import(request) for request in batch]
     # Good files carry their reading; the unreadable and absent ones are read (and refused) in the call.
-    assert [request.reading is not None for request in ahead] == [True, False, True, True, False]
-    results = registry.import_files(ahead)
-    assert [result.status for result in results] == [
-        ItemStatus.inserted,
-        ItemStatus.invalid,
-        ItemStatus.conflict,
-        ItemStatus.inserted,
-        ItemStatus.invalid,
-    ]
-    assert statuses(results[3].datasets) == [ItemStatus.inserted, ItemStatus.inserted]
+    assert [request.reading is not None for request in read] == [True, False, True, True, False]
+
+    def shape(results: list[ImportResult]) -> list[tuple[object, ...]]:
+        return [(r.status, r.reason, r.dimension_records_inserted, statuses(r.datasets)) for r in results]
+
+    assert shape(ahead.import_files(read)) == shape(plain.import_files(batch))
+    assert ahead.stats() == plain.stats()
 
 
 def test_the_interface_reads_nothing_ahead(registry: SqlRegistry, tmp_path: Path) -> None:

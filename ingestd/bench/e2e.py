@@ -55,6 +55,8 @@ TARGET_EVENTS_PER_S = 5_000.0
 TARGET_P99_S = 1.0
 TARGET_P99_RATE = 1_000.0
 TARGET_RATE_SPREAD = 0.20
+CROWDED_PARTITIONS = 1_000
+"""Partitions of other topics on a test-bed broker above which the benchmark warns (its figures suffer)."""
 DRAIN_PUBLISHER_POLL_S = 1.0
 """The publisher's poll interval in drain mode: its shipped default (rate mode polls every 50 ms)."""
 
@@ -191,6 +193,24 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=_main)
 
 
+def _kafka_load(testbed: Any) -> dict[str, dict[str, int]]:
+    """Topics and partitions on each test-bed cluster (internal topics excluded), before the runs."""
+    from ingestd.kafka import make_admin
+
+    load: dict[str, dict[str, int]] = {}
+    for cluster, connection in (("central", testbed.central), ("local", testbed.local)):
+        try:
+            topics = make_admin(connection).list_topics(timeout=10).topics
+        except Exception:  # only a figure for the report: the run itself will say what is wrong
+            continue
+        mine = {name: meta for name, meta in topics.items() if not name.startswith("__")}
+        load[cluster] = {
+            "topics": len(mine),
+            "partitions": sum(len(meta.partitions) for meta in mine.values()),
+        }
+    return load
+
+
 def _machine() -> dict[str, Any]:
     def first_line(path: str, key: str) -> str | None:
         try:
@@ -230,7 +250,19 @@ def _main(args: argparse.Namespace) -> int:
     if not args.skip_anchor and testbed.kafka_lib is None:
         print("bench e2e: the anchor needs INGESTD_TESTBED_KAFKA_LIB (or --skip-anchor)", file=sys.stderr)
         return 2
-    machine_before = _machine()
+    machine_before = {**_machine(), "kafka_before": _kafka_load(testbed)}
+    crowded = [
+        f"{cluster}: {load['partitions']:,} partitions in {load['topics']:,} topics"
+        for cluster, load in machine_before["kafka_before"].items()
+        if load["partitions"] > CROWDED_PARTITIONS
+    ]
+    if crowded:
+        _progress(
+            "warning: the test bed's brokers hold many other topics ("
+            + "; ".join(crowded)
+            + "), which costs every service CPU (2,400 leftover test topics slowed a 1M drain by 13 %): "
+            "delete them for figures comparable with docs/PERFORMANCE.md"
+        )
     results: list[E2EResult] = []
     for events in args.events:
         workdir = (

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import psycopg
@@ -111,5 +112,20 @@ def test_cli_describes_the_benchmark() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    for option in ("--events", "--rate", "--skip-anchor", "--anchor-events", "--json"):
+    for option in ("--events", "--rate", "--skip-anchor", "--anchor-events", "--daemons", "--json"):
         assert option in done.stdout
+
+
+def test_the_report_counts_the_topics_already_on_the_test_bed(testbed: TestBed) -> None:
+    """Leftover topics cost every service CPU: the benchmark reports (and warns about) how many there are."""
+    from ingestd.bench.e2e import _kafka_load
+    from ingestd.kafka import ensure_topics, make_admin
+
+    name = f"e2e-load-{uuid.uuid4().hex[:8]}"
+    admin = make_admin(testbed.local)  # kept referenced: its futures resolve only while it lives
+    ensure_topics(admin, [name], partitions=3)
+    load = _kafka_load(testbed)
+    assert set(load) == {"central", "local"}
+    assert load["local"]["topics"] >= 1
+    assert load["local"]["partitions"] >= 3
+    admin.delete_topics([name], operation_timeout=30)[name].result(30)

@@ -81,6 +81,14 @@ def _zip(path: Path) -> ImportRequest:
     return ImportRequest(ImportKind.zip, path, Provenance(source="file", name=path.name))
 
 
+def _shape(results: list[ImportResult]) -> list[tuple[object, ...]]:
+    """What a file's result says, for comparing two ways of importing the same files."""
+    return [
+        (r.status, r.dimension_records_inserted, r.dimension_records_present, statuses(r.datasets))
+        for r in results
+    ]
+
+
 def _import_log_rows(registry: SqlRegistry) -> list[tuple[str, str]]:
     with registry.engine.connect() as connection:
         return [
@@ -185,15 +193,9 @@ def test_same_results_as_one_call_per_file(
     batch = _mixed_batch(samples_dir, tmp_path, datasets)
     batched, one_by_one = open_registry_at("batched"), open_registry_at("one_by_one")
 
-    def shape(results: list[ImportResult]) -> list[tuple[object, ...]]:
-        return [
-            (r.status, r.dimension_records_inserted, r.dimension_records_present, statuses(r.datasets))
-            for r in results
-        ]
-
     together = batched.import_files(batch)
     separately = Registry.import_files(one_by_one, batch)  # the interface's default: one call per file
-    assert shape(together) == shape(separately)
+    assert _shape(together) == _shape(separately)
     assert batched.stats() == one_by_one.stats()
 
 
@@ -294,12 +296,9 @@ def test_records_only_exports_settle_together_as_one_call_per_file(
         batched.engine, "before_cursor_execute", lambda _c, _cu, statement, *_a: statements.append(statement)
     )
 
-    def shape(results: list[ImportResult]) -> list[tuple[object, ...]]:
-        return [(r.status, r.dimension_records_inserted, r.dimension_records_present) for r in results]
-
     together = batched.import_files(batch)
     separately = Registry.import_files(one_by_one, batch)
-    assert shape(together) == shape(separately)
+    assert _shape(together) == _shape(separately)
     assert [r.status for r in together] == [
         ItemStatus.inserted,
         ItemStatus.conflict,
@@ -380,10 +379,7 @@ def test_a_file_read_ahead_imports_as_if_read_in_the_call(
     # Good files carry their reading; the unreadable and absent ones are read (and refused) in the call.
     assert [request.reading is not None for request in read] == [True, False, True, True, False]
 
-    def shape(results: list[ImportResult]) -> list[tuple[object, ...]]:
-        return [(r.status, r.reason, r.dimension_records_inserted, statuses(r.datasets)) for r in results]
-
-    assert shape(ahead.import_files(read)) == shape(plain.import_files(batch))
+    assert _shape(ahead.import_files(read)) == _shape(plain.import_files(batch))
     assert ahead.stats() == plain.stats()
 
 

@@ -417,8 +417,7 @@ class SqlRegistry(Registry):
                 results[index] = refused
                 continue
             writable = plan.writable
-            for record in writable:
-                writer.learned.records[(record.element, record.key)] = record.values
+            writer.learn_written(writable)
             writer.learned.records_present += plan.present
             transaction.learn(writer.learned)  # the next files see these records
             accepted.append((index, writer, writable))

@@ -290,14 +290,17 @@ class BatchWriter:
         present = plan.present + compare_raced(
             self.caches.records, self.connection, writable, inserted_keys, plan.conflicts
         )
-        for record in writable:
-            key = (record.element, record.key)
-            if key not in plan.conflicts:
-                self.learned.records[key] = record.values
-                self._known[key] = record.values
+        self.learn_written(r for r in writable if (r.element, r.key) not in plan.conflicts)
         self.learned.records_inserted += len(inserted_keys)
         self.learned.records_present += present
         return plan.conflicts, plan.missing, len(inserted_keys), present
+
+    def learn_written(self, records: Iterable[CanonicalRecord]) -> None:
+        """Records this transaction wrote (or is about to write in one statement): facts for what follows."""
+        for record in records:
+            key = (record.element, record.key)
+            self.learned.records[key] = record.values
+            self._known[key] = record.values
 
     def plan_records(self, records: Sequence[CanonicalRecord]) -> RecordPlan:
         """Sort ``records`` into new, identical to the registry's, conflicting and missing references.

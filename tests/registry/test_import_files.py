@@ -190,13 +190,18 @@ def test_same_results_as_one_call_per_file(
     samples_dir: Path,
     tmp_path: Path,
 ) -> None:
+    """Batched, file by file, and batched with the files read ahead (:meth:`SqlRegistry.read_import`)."""
     batch = _mixed_batch(samples_dir, tmp_path, datasets)
-    batched, one_by_one = open_registry_at("batched"), open_registry_at("one_by_one")
+    batched, one_by_one, ahead = (open_registry_at(name) for name in ("batched", "one_by_one", "ahead"))
+    read = [ahead.read_import(request) for request in batch]
+    # Good files carry their reading; the unreadable and absent ones are read (and refused) in the call.
+    assert [request.reading is not None for request in read] == [True, False, True, True, False]
 
     together = batched.import_files(batch)
     separately = Registry.import_files(one_by_one, batch)  # the interface's default: one call per file
     assert _shape(together) == _shape(separately)
-    assert batched.stats() == one_by_one.stats()
+    assert _shape(ahead.import_files(read)) == _shape(together)
+    assert batched.stats() == one_by_one.stats() == ahead.stats()
 
 
 def test_zip_items_fail_one_by_one_next_to_other_files(
@@ -365,22 +370,6 @@ def test_a_concurrent_writer_storing_a_grouped_record_differently(
     assert results[0].reason
     assert "differs" in results[0].reason
     assert results[1].dimension_records_inserted == 1
-
-
-def test_a_file_read_ahead_imports_as_if_read_in_the_call(
-    open_registry_at: Callable[[str], SqlRegistry],
-    datasets: DatasetFactory,
-    samples_dir: Path,
-    tmp_path: Path,
-) -> None:
-    batch = _mixed_batch(samples_dir, tmp_path, datasets)
-    ahead, plain = open_registry_at("ahead"), open_registry_at("plain")
-    read = [ahead.read_import(request) for request in batch]
-    # Good files carry their reading; the unreadable and absent ones are read (and refused) in the call.
-    assert [request.reading is not None for request in read] == [True, False, True, True, False]
-
-    assert _shape(ahead.import_files(read)) == _shape(plain.import_files(batch))
-    assert ahead.stats() == plain.stats()
 
 
 def test_the_interface_reads_nothing_ahead(registry: SqlRegistry, tmp_path: Path) -> None:

@@ -331,7 +331,7 @@ class Chain:
             "http_port": ports["mirror"],
         }
         daemon: dict[str, Any] = {
-            "kafka": {"bootstrap_servers": self.testbed.local.bootstrap_servers, "client_id": "e2e-daemon"},
+            "kafka": {"bootstrap_servers": self.testbed.local.bootstrap_servers},
             "consumer": {
                 "group_id": self.group_id,
                 "topics": self.facility_topics,
@@ -350,7 +350,6 @@ class Chain:
             "verification": {"enabled": tuning.verify_files, "checksum": tuning.verify_checksums},
             "batching": {"max_events": tuning.daemon_batch_events, "max_wait_s": tuning.daemon_batch_wait_s},
             "retry": {"initial_backoff_s": 0.2, "max_backoff_s": 2.0},
-            "http": {"host": "127.0.0.1", "port": ports["daemon"]},
             "lifecycle": {"shutdown_timeout_s": 20.0},
             "logging": {"format": "json", "level": tuning.log_level},
         }

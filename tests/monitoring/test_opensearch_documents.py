@@ -100,7 +100,27 @@ def test_document_ids_are_stable_and_distinct() -> None:
         Position(source="kafka", topic="t", partition=0, offset=6), Outcome.rejected, EventSummary()
     )
     assert document_id(by_position) != document_id(other_offset)
-    assert uuid.UUID(document_id(by_position)).version == 5
+    assert uuid.UUID(document_id(by_position)).version == 5  # no transfer time: a name-based UUID
+
+
+def test_document_ids_start_with_the_transfer_time() -> None:
+    """Ids sort as transfer times do (what keeps OpenSearch's id lookups cheap) and a replay keeps its id."""
+    dataset = uuid.uuid4()
+    report = make_report(1, dataset_id=dataset, latency_s=12.5)
+    identifier = document_id(report)
+    transferred_at = report.summary.transferred_at
+    assert transferred_at is not None
+    assert len(identifier) == 32
+    assert int(identifier[:12], 16) == int(transferred_at.timestamp() * 1000)
+    # The same transfer ingested again later (a replay): same transfer time, same id.
+    replayed = make_report(
+        1, dataset_id=dataset, latency_s=3600 + 12.5, committed_at=COMMITTED_AT + timedelta(hours=1)
+    )
+    assert document_id(replayed) == identifier
+    ids = [document_id(make_report(n, latency_s=100.0 - n)) for n in range(50)]
+    assert ids == sorted(ids)  # later transfers, larger ids
+    # Ten events of one millisecond stay apart.
+    assert len({document_id(make_report(n, latency_s=1.0)) for n in range(10)}) == 10
 
 
 def test_daily_index_by_ingest_date_in_utc() -> None:

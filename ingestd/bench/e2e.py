@@ -49,6 +49,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._host import host_speed
+
 __all__ = ["E2EResult", "register", "run_e2e"]
 
 TARGET_EVENTS_PER_S = 5_000.0
@@ -250,7 +252,7 @@ def _main(args: argparse.Namespace) -> int:
     if not args.skip_anchor and testbed.kafka_lib is None:
         print("bench e2e: the anchor needs INGESTD_TESTBED_KAFKA_LIB (or --skip-anchor)", file=sys.stderr)
         return 2
-    machine_before = {**_machine(), "kafka_before": _kafka_load(testbed)}
+    machine_before = {**_machine(), "kafka_before": _kafka_load(testbed), "host_speed": host_speed()}
     crowded = [
         f"{cluster}: {load['partitions']:,} partitions in {load['topics']:,} topics"
         for cluster, load in machine_before["kafka_before"].items()
@@ -337,7 +339,11 @@ def _document(results: list[E2EResult], machine_before: dict[str, Any]) -> dict[
             "rate_spread": spread <= TARGET_RATE_SPREAD if spread is not None else None,
             "zero_lost_zero_duplicated": all(not r.reconciliation.get("problems") for r in results),
         },
-        "machine": {**machine_before, "load_average_after": [round(x, 2) for x in os.getloadavg()]},
+        "machine": {
+            **machine_before,
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
+            "host_speed_after": host_speed(),
+        },
     }
 
 
@@ -346,7 +352,8 @@ def _print_table(document: dict[str, Any]) -> None:
     machine = document["machine"]
     print(
         f"  machine: {machine['nproc']} cores ({machine['cpu']}), {machine['memory_total']}, "
-        f"load {machine['load_average']}"
+        f"load {machine['load_average']}; host speed before {machine['host_speed']}, "
+        f"after {machine['host_speed_after']} (lower is faster)"
     )
     for run in document["runs"]:
         latency = run["latency_opensearch"] or run["latency_registry"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ingestd.mapping import existing_real_path
+from ingestd.mapping import REAL_FOLDER_TTL_S, UrlMapper, existing_real_path
 
 
 def _reference(path: str) -> str | None:
@@ -78,3 +78,47 @@ def test_no_descriptor_is_left_open(tree: Path) -> None:
         existing_real_path(str(tree / "link-to-file.fits"))
         existing_real_path(str(tree / "absent.fits"))
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+@pytest.mark.parametrize(
+    "relative",
+    [
+        "a/b/file.fits",
+        "link-to-file.fits",
+        "relative-link.fits",
+        "folder-link/b/file.fits",
+        "escape/secret.fits",
+        "escape/absent.fits",
+        "dangling.fits",
+        "loop-1",
+        "loop-1/below.fits",
+        "chain.fits",
+        "absent/file.fits",
+        "a/b/file.fits/not-a-folder",
+        "a/b",
+    ],
+)
+def test_the_mappers_folder_cache_gives_the_same_answer(tree: Path, relative: str) -> None:
+    """The mapper's check remembers folders; first and second lookups both match ``realpath``."""
+    mapper = UrlMapper()
+    path = f"{tree}/{relative}"
+    assert mapper._real_path(path) == _reference(path)
+    assert mapper._real_path(path) == _reference(path)
+
+
+def test_a_folder_swapped_for_a_link_is_seen_once_its_entry_expires(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mapper = UrlMapper()
+    now = [1000.0]
+    monkeypatch.setattr("ingestd.mapping.time.monotonic", lambda: now[0])
+    path = f"{tree}/a/b/file.fits"
+    assert mapper._real_path(path) == path
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "b").mkdir(parents=True)
+    (elsewhere / "b" / "file.fits").write_text("y")
+    (tree / "a").rename(tmp_path / "old-a")
+    (tree / "a").symlink_to(elsewhere)
+    assert mapper._real_path(path) == path  # still trusted: within REAL_FOLDER_TTL_S
+    now[0] += REAL_FOLDER_TTL_S + 0.1
+    assert mapper._real_path(path) == f"{elsewhere}/b/file.fits"

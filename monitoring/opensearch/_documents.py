@@ -22,6 +22,7 @@ steady 4,000 documents/s with Rucio's one-second transfer times, 0.054-0.067 aga
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -121,10 +122,25 @@ def bulk_body(documents: Iterable[PreparedDocument]) -> bytes:
     """
     lines: list[bytes] = []
     for document in documents:
-        lines.append(orjson.dumps({"index": {"_index": document.index, "_id": document.id}}))
+        identifier = document.id
+        if _PLAIN_ID.fullmatch(identifier):  # every id document_id makes: no JSON escaping to do
+            lines.append(_action_head(document.index) + identifier.encode() + b'"}}')
+        else:
+            lines.append(orjson.dumps({"index": {"_index": document.index, "_id": identifier}}))
         lines.append(orjson.dumps(document.source))
     lines.append(b"")
     return b"\n".join(lines)
+
+
+_PLAIN_ID: Final = re.compile(r"[0-9A-Za-z_-]{1,512}")
+"""Ids written into the action line as they are (ids are at most 512 bytes in OpenSearch)."""
+
+
+@lru_cache(maxsize=64)
+def _action_head(index: str) -> bytes:
+    """The action line of a document of ``index`` up to its id: ``{"index":{"_index":"...","_id":"``."""
+    line = orjson.dumps({"index": {"_index": index, "_id": ""}})
+    return line[: -len(b'"}}')]
 
 
 def event_document(

@@ -46,3 +46,20 @@ def test_bulk_body_is_action_and_source_lines_ending_with_a_newline() -> None:
         {"reason": 'quote " and ü\nnewline'},
     ]
     assert bulk_body([]) == b""
+
+
+def test_action_lines_are_the_json_of_the_action_whatever_the_id() -> None:
+    """Plain ids take a pre-serialised line; any other id is escaped as JSON (and the line still parses)."""
+    ids = [
+        "019af1c2d3e4a1b2c3d4e5f6a7b8c9d0e1f2",
+        str(uuid.uuid4()),
+        'quote"back\\slash',
+        "ü",
+        "a b",
+        "x" * 600,
+    ]
+    documents = [PreparedDocument("ingestd-events-2026.12.07", identifier, {"n": 1}) for identifier in ids]
+    actions = [json.loads(line) for line in bulk_body(documents).splitlines()[::2]]
+    assert actions == [
+        {"index": {"_index": "ingestd-events-2026.12.07", "_id": identifier}} for identifier in ids
+    ]

@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._host import host_speed
+from ._host import HostSpeedProbe, host_speed
 
 __all__ = ["E2EResult", "register", "run_e2e"]
 
@@ -115,6 +115,8 @@ class E2EResult:
     """Our services' CPU over the run plus the servers' over the clock, per event."""
     cpu_bound_events_per_s: float | None = None
     """The rate this machine's cores allow at that cost: the ceiling of the whole chain here."""
+    host_speed: dict[str, float | int] | None = None
+    """The host's Python speed, sampled every 10 s over the run, fill included (lower is faster)."""
 
 
 def register(subparsers: Any) -> None:
@@ -441,7 +443,7 @@ def run_e2e(
         ledger = Ledger(workdir / "ledger.tsv", chain.site_map)
         services = [chain.services[name] for name in chain.service_names]
         mode = "rate" if rate else "drain"
-        with MemorySampler(services), ledger:
+        with MemorySampler(services), ledger, HostSpeedProbe() as probe:
             feeder = chain.feeder()
             began_feed = time.monotonic()
             if mode == "drain":
@@ -586,6 +588,7 @@ def run_e2e(
             servers_cpu_s=servers_cpu,
             cpu_ms_per_event=round(cpu_ms_per_event, 3),
             cpu_bound_events_per_s=round(cpu_bound, 1) if cpu_bound else None,
+            host_speed=probe.summary(),
         )
 
 

@@ -367,6 +367,12 @@ def _print_table(document: dict[str, Any]) -> None:
             f"lost {run['reconciliation']['lost']}, "
             f"duplicated {run['reconciliation']['duplicated']}"
         )
+        if run.get("host_speed"):
+            speed = run["host_speed"]
+            print(
+                f"      host speed   Python loop {speed['python_loop_ms']} ms median "
+                f"({speed['fastest_ms']}-{speed['slowest_ms']}, lower is faster)"
+            )
         for name, figures in run["services"].items():
             print(f"      {name:13} peak {figures['peak_rss_mb']:>7.1f} MiB  cpu {figures['cpu_s']:>7.1f} s")
         servers = ", ".join(f"{name} {cpu:.1f}" for name, cpu in run["servers_cpu_s"].items())

@@ -61,8 +61,8 @@ date, UTC; prefix `ingestd-events` by default), mapped by the index template tha
 `INGESTD_OPENSEARCH_MANAGE_TEMPLATE=false`). The document id is derived from the dataset id and the
 Rucio transfer id (else the source position) and the outcome, so retries and replays overwrite
 rather than duplicate; it starts with the transfer time in milliseconds (12 hex digits), which keeps
-OpenSearch's lookup of explicit ids cheap (about 2.6× cheaper than random ids while a backlog is sent
-back to back, 10–15 % at a steady 4,000 documents/s; ids of events written before this form was
+OpenSearch's lookup of explicit ids cheap (about 2.6 times cheaper than random ids while a backlog is sent
+back to back, 10 to 15 % at a steady 4,000 documents/s; ids of events written before this form was
 introduced, 2026-12, were bare name-based UUIDs: such an event replayed gets a second document).
 Documents wait in a bounded in-memory buffer
 (`INGESTD_OPENSEARCH_BUFFER_SIZE`); while OpenSearch is away the oldest are dropped and counted in

@@ -1,12 +1,13 @@
 """How fast the host is right now, measured with a fixed workload that none of our changes touch.
 
 On a shared or virtual 2-core machine the same code has drained the same
-million events at 3,600 and at 4,800 events/s ten minutes apart: every process's
+million events at 3,598 and at 4,640 events/s ten minutes apart: every process's
 CPU per event rose and fell together. A figure taken on such a host says little
 unless it carries the host's speed at the time, so the benchmarks record this
-yardstick before and after their runs: a pure-Python loop (what the daemon,
-the publisher and the mirror spend their time in) and a system call (what the
-brokers, PostgreSQL and every socket write pay on a virtual machine).
+yardstick before and after their runs (:func:`host_speed`: a pure-Python loop,
+what the daemon, the publisher and the mirror spend their time in, and a system
+call, what the brokers, PostgreSQL and every socket write pay on a virtual
+machine) and sample the loop during each run (:class:`HostSpeedProbe`).
 """
 
 from __future__ import annotations

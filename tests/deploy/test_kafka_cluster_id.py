@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Iterator
 
 from deploy.local.kafka_node import _kraft_cluster_id
 
@@ -12,13 +11,9 @@ _DASH_FIRST = b"\xf8" + bytes(15)
 """Encodes to ``-A...``: URL-safe base64 maps the first six bits 111110 to ``-``."""
 
 
-def _sequence(*values: bytes) -> Iterator[bytes]:
-    yield from values
-
-
 def test_an_id_starting_with_a_dash_is_drawn_again() -> None:
     assert base64.urlsafe_b64encode(_DASH_FIRST).decode().startswith("-")
-    drawn = _sequence(_DASH_FIRST, _DASH_FIRST, bytes(range(16)))
+    drawn = iter([_DASH_FIRST, _DASH_FIRST, bytes(range(16))])
 
     cluster_id = _kraft_cluster_id(lambda: next(drawn))
 

@@ -57,11 +57,12 @@ DEFAULT_SOURCE_ALIASES: tuple[str, ...] = ("usdf",)
 """Cluster aliases MirrorMaker 2's default policy puts before mirrored topic names."""
 
 _O_PATH: Final = getattr(os, "O_PATH", None)
+"""Linux: open a path without reading it, to ask the kernel where it really leads."""
 REAL_FOLDER_TTL_S: Final = 5.0
 """How long the real path of a folder is trusted by the symbolic-link check (a folder swapped for a link
 is seen after at most this long)."""
 _REAL_FOLDER_CACHE_SIZE: Final = 4096
-"""Linux: open a path without reading it, to ask the kernel where it really leads."""
+"""Folders whose real path is remembered at once; the memory is emptied when it is full."""
 
 
 def existing_real_path(path: str) -> str | None:

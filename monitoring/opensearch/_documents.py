@@ -114,6 +114,17 @@ def index_name(prefix: str, ingested_at: datetime) -> str:
     return f"{prefix}-{_utc(ingested_at):%Y.%m.%d}"
 
 
+_PLAIN_ID: Final = re.compile(r"[0-9A-Za-z_-]{1,512}")
+"""Ids written into the action line as they are (ids are at most 512 bytes in OpenSearch)."""
+
+
+@lru_cache(maxsize=64)
+def _action_head(index: str) -> bytes:
+    """The action line of a document of ``index`` up to its id: ``{"index":{"_index":"...","_id":"``."""
+    line = orjson.dumps({"index": {"_index": index, "_id": ""}})
+    return line[: -len(b'"}}')]
+
+
 def bulk_body(documents: Iterable[PreparedDocument]) -> bytes:
     """The NDJSON body of a bulk request indexing ``documents`` (an action line, then the source).
 
@@ -130,17 +141,6 @@ def bulk_body(documents: Iterable[PreparedDocument]) -> bytes:
         lines.append(orjson.dumps(document.source))
     lines.append(b"")
     return b"\n".join(lines)
-
-
-_PLAIN_ID: Final = re.compile(r"[0-9A-Za-z_-]{1,512}")
-"""Ids written into the action line as they are (ids are at most 512 bytes in OpenSearch)."""
-
-
-@lru_cache(maxsize=64)
-def _action_head(index: str) -> bytes:
-    """The action line of a document of ``index`` up to its id: ``{"index":{"_index":"...","_id":"``."""
-    line = orjson.dumps({"index": {"_index": index, "_id": ""}})
-    return line[: -len(b'"}}')]
 
 
 def event_document(
